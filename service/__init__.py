@@ -1,0 +1,1 @@
+"""The inference service (FastAPI): embeddings, kNN retrieval and attention maps."""

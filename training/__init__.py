@@ -1,0 +1,1 @@
+"""Training of self-supervised encoders: one trainer, every method."""
