@@ -1,0 +1,42 @@
+"""Projection and prediction heads, built from `(in, out, batch-norm?, activation?)` layer tuples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+Layer = tuple[int, int, bool, bool]  # in_dim, out_dim, batch norm after, ReLU after
+
+
+def mlp(layers: Sequence[Layer], last_bn_affine: bool = True) -> nn.Sequential:
+    """A stack of Linear [-> BatchNorm1d] [-> ReLU]; a linear layer followed by BN has no bias."""
+    mods: list[nn.Module] = []
+    for i, (d_in, d_out, bn, act) in enumerate(layers):
+        mods.append(nn.Linear(d_in, d_out, bias=not bn))
+        if bn:
+            is_last = i == len(layers) - 1
+            mods.append(nn.BatchNorm1d(d_out, affine=last_bn_affine or not is_last))
+        if act:
+            mods.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*mods)
+
+
+def projection_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, bn: bool = True,
+                    last_bn: bool = False) -> nn.Sequential:
+    """`num_layers` linear layers with BN+ReLU between them (SimCLR, MoCo v2, BYOL, SimSiam, Barlow Twins)."""
+    dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+    layers: list[Layer] = [(dims[i], dims[i + 1], bn, True) for i in range(num_layers - 1)]
+    layers.append((dims[-2], dims[-1], last_bn, False))
+    return mlp(layers, last_bn_affine=False)
+
+
+class LinearHead(nn.Module):
+    """A single linear layer (MoCo v1, InstDisc)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
