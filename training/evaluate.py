@@ -51,8 +51,13 @@ def extract_features(encoder: Encoder, data: ImageData, batch_size: int = 256, d
     encoder.eval().to(device)
     feats, labels = [], []
     cuda = device.startswith("cuda")
+    channels_last = not encoder.is_vit  # NHWC convolutions are faster on CPU and GPU alike
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             f = encoder(x)
         feats.append(f.float().cpu())

@@ -1,0 +1,154 @@
+"""Train each method for the same CPU time budget on CIFAR-10, then score its encoder by weighted kNN on the
+full test set, next to the same architecture at random initialisation.
+
+    python bench/knn_budget.py --methods simclr --minutes 20
+    python bench/knn_budget.py --methods simclr,mocov2,byol --minutes 5 --out bench/results/knn_budget_all.json
+
+The schedule must fit the budget (a cosine that never decays is a worse model), so each method is timed for
+a few steps first, and its run is sized to the number of steps the budget allows. Prints a table and writes
+JSON (one row per method, plus the random-init baseline). Columns: steps done, images/s, wall time, kNN
+top-1/top-5 on the 10,000 test images (gallery: the first --gallery train images), and the collapse check:
+std of the L2-normalised test embeddings times sqrt(D) (about 1 when spread out, 0 when collapsed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import TrainConfig  # noqa: E402
+from training.data import load_dataset  # noqa: E402
+from training.evaluate import extract_features, knn_classify  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
+from zoo.atomic import write_json_atomic  # noqa: E402
+from zoo.backbones import build_encoder  # noqa: E402
+
+
+def embedding_spread(features: torch.Tensor) -> float:
+    z = F.normalize(features.float(), dim=1)
+    return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+
+
+def score(encoder, gallery, test, k: int, temperature: float) -> dict:
+    ftr, ytr = extract_features(encoder, gallery, batch_size=512, device="cpu", desc="gallery")
+    fte, yte = extract_features(encoder, test, batch_size=512, device="cpu", desc="test")
+    r = knn_classify(ftr, ytr, fte, yte, k=k, temperature=temperature, num_classes=10)
+    return {"knn_top1": r.top1, "knn_top5": r.top5, "embedding_std": embedding_spread(fte)}
+
+
+def seconds_per_step(base: TrainConfig, data, probe_steps: int) -> float:
+    """Time `probe_steps` steps after one warm-up step."""
+    probe = TrainConfig(**{**base.to_dict(), "out": base.out + "-probe", "epochs": 1,
+                           "max_steps": probe_steps + 1, "checkpoint_every": 10**9, "progress": False})
+    times: list[float] = []
+    last = [time.perf_counter()]
+
+    def clock(trainer, step, logs):
+        now = time.perf_counter()
+        if step > 1:
+            times.append(now - last[0])
+        last[0] = now
+
+    Trainer(probe, callbacks=[clock], dataset=data).fit()
+    return sum(times) / len(times)
+
+
+def run_method(method: str, args, train_all, gallery, test) -> dict:
+    out = Path(args.runs) / f"{method}_{args.arch}"
+    base = TrainConfig(method=method, arch=args.arch, data="cifar10", out=str(out), epochs=1,
+                       batch_size=args.batch_size, seed=args.seed, checkpoint_every=10**9, log_every=10,
+                       progress=True, device="cpu", method_options=dict(args.option.get(method, {})))
+    for stale in (out, Path(base.out + "-probe")):  # this script owns its run folders
+        shutil.rmtree(stale, ignore_errors=True)
+    s_per_step = seconds_per_step(base, train_all, args.probe_steps)
+    steps = max(1, int(args.minutes * 60 / s_per_step))
+    images = steps * args.batch_size
+    epochs = max(1, math.ceil(images / len(train_all)))
+    limit = min(len(train_all), math.ceil(images / epochs / args.batch_size) * args.batch_size)
+    cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "limit_train": limit})
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, dataset=train_all.subset(limit))
+    folder = trainer.fit()
+    wall = time.perf_counter() - t0
+    import zoo
+
+    row = {"method": method, "arch": args.arch, "steps": trainer.step, "epochs": epochs, "train_images": limit,
+           "batch_size": args.batch_size, "train_seconds": wall, "images_per_s": trainer.step * args.batch_size / wall,
+           "probe_seconds_per_step": s_per_step, "encoder": str(folder)}
+    row.update(score(zoo.load(str(folder), device="cpu"), gallery, test, args.k, args.temperature))
+    return row
+
+
+def parse_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """--option byol:proj_dim=128 -> {"byol": {"proj_dim": "128"}}"""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        method, kv = item.split(":", 1)
+        k, v = kv.split("=", 1)
+        out.setdefault(method, {})[k] = v
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="simclr", help="comma-separated method names")
+    p.add_argument("--arch", default="resnet18_cifar")
+    p.add_argument("--minutes", type=float, default=20.0, help="training budget per method (wall clock)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--gallery", type=int, default=10000, help="train images in the kNN gallery")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--probe-steps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], help="METHOD:KEY=VALUE method option")
+    p.add_argument("--runs", default="runs/knn_budget")
+    p.add_argument("--out", default="bench/results/knn_budget.json")
+    args = p.parse_args()
+    args.option = parse_options(args.option)
+    torch.manual_seed(args.seed)
+
+    train_all = load_dataset("cifar10", "train")
+    gallery = train_all.subset(args.gallery)
+    test = load_dataset("cifar10", "test")
+    rows = []
+    random_init = build_encoder(args.arch, dataset="cifar10").eval()
+    rows.append({"method": "random-init", "arch": args.arch, "steps": 0, "images_per_s": None,
+                 **score(random_init, gallery, test, args.k, args.temperature)})
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        rows.append(run_method(method, args, train_all, gallery, test))
+        _write(args, rows)
+        _print(rows)
+    _write(args, rows)
+    _print(rows)
+
+
+def _write(args, rows) -> None:
+    write_json_atomic(args.out, {
+        "benchmark": "knn_budget", "minutes_per_method": args.minutes, "arch": args.arch,
+        "batch_size": args.batch_size, "gallery_train_images": args.gallery, "test_images": 10000,
+        "knn": {"k": args.k, "temperature": args.temperature}, "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(), "processor": platform.processor(), "rows": rows,
+        "command": " ".join(sys.argv)})
+
+
+def _print(rows) -> None:
+    print(f"\n{'method':<14}{'steps':>7}{'img/s':>8}{'minutes':>9}{'kNN top-1':>11}{'top-5':>8}{'emb std':>9}")
+    for r in rows:
+        ips = f"{r['images_per_s']:.1f}" if r.get("images_per_s") else "-"
+        mins = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "-"
+        print(f"{r['method']:<14}{r['steps']:>7}{ips:>8}{mins:>9}{r['knn_top1']:>11.4f}{r['knn_top5']:>8.4f}"
+              f"{r['embedding_std']:>9.3f}")
+
+
+if __name__ == "__main__":
+    main()
