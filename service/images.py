@@ -24,7 +24,7 @@ from zoo.backbones import Preprocessing
 class ImageLimits:
     max_pixels: int = 40_000_000
     min_side: int = 8
-    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
@@ -67,7 +67,7 @@ def decode_image(data: bytes, limits: ImageLimits, name: str = "image", target_s
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"{name} is too large to decode safely ({e})") from e
     except (OSError, ValueError, SyntaxError) as e:
-        raise BadImage(f"{name} could not be read: {e}") from e
+        raise BadImage(f"{name} could not be read: it is truncated or corrupt ({e})") from e
     w, h = img.size
     if w * h > limits.max_pixels:
         raise PayloadTooLarge(

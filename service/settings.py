@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     min_image_side: int = Field(8, ge=1, description="smaller images carry nothing to embed")
     max_images_per_request: int = Field(256, ge=1)
     max_k: int = Field(1000, ge=1)
-    formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"]
+    formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
 
     # Galleries.
     default_gallery: str = "default"
