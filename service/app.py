@@ -122,7 +122,10 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code,
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):
+            message = f"{message}: no route {request.method} {request.url.path}; the API is listed at /docs"
+        return JSONResponse(error_body(kind, message), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

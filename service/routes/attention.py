@@ -61,9 +61,9 @@ async def attention(request: Request):
     array = await asyncio.get_running_loop().run_in_executor(state.pool, preprocess, img, pre)
     attn = (await state.run("attention", [array]))[0]  # (heads, h*w)
     grid = rt.info.grid
-    if body.threshold is not None:
-        attn = keep_top_mass(attn, body.threshold)
     maps, captions = select_heads(attn, body.head)
+    if body.threshold is not None:
+        maps = keep_top_mass(maps, body.threshold)
     if body.format == "png":
         png = await asyncio.get_running_loop().run_in_executor(
             state.pool, lambda: overlay_png(crop_for_display(img, pre), maps, grid, captions))
