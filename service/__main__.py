@@ -196,7 +196,7 @@ def _build(args: argparse.Namespace, settings: Settings, store) -> None:
                 batch.clear()
 
         # map chunk by chunk: Executor.map would otherwise read the whole data set into memory at once
-        for chunk in itertools.batched(items, 4 * settings.max_batch):
+        for chunk in iter(lambda: list(itertools.islice(items, 4 * settings.max_batch)), []):
             for prepared in pool.map(prepare, chunk):
                 if prepared is not None:
                     batch.append(prepared)

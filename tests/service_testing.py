@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ZOO_DATA_DIR") or ROOT.parent / "shared" / "data")
 
 
-def make_model_folder(arch: str, folder: Path, seed: int = 0, name: str | None = None) -> Path:
+def make_model_folder(arch: str, folder: Path, seed: int = 0, name: str | None = None, **build_args) -> Path:
     import zoo
 
     torch.manual_seed(seed)
-    encoder = zoo.build_encoder(arch)
+    encoder = zoo.build_encoder(arch, **build_args)
     zoo.save_encoder(encoder, folder, zoo_meta={"name": name or f"random_{arch}", "method": "random"})
     return folder
 
