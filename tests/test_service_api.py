@@ -164,7 +164,7 @@ def test_attention_json_and_png(client):
 def test_converted_inputs_embed_like_their_8_bit_rgb_version(client):
     img = sample_images(1)[0].resize((64, 64))
     ref = np.asarray(client.post("/embed", files=files_field([png_bytes(img)])).json()["embeddings"][0])
-    gray16 = Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257))
+    gray16 = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
     cmyk = img.convert("CMYK")
     rgba = img.convert("RGBA")
     gray_ref = np.asarray(client.post("/embed", files=files_field([png_bytes(img.convert("L"))])).json()
