@@ -35,19 +35,19 @@ lightly_loss = pytest.importorskip("lightly.loss")
 # --- training through the real Trainer -------------------------------------------------------------------------
 
 TINY = {
-    "swav": ("resnet18_cifar", {"num_prototypes": 16, "proj_hidden_dim": 32, "proj_dim": 16, "num_local_crops": 2,
+    "swav": ("resnet18_cifar", {"num_prototypes": 16, "proj_hidden_dim": 32, "proj_dim": 16, "num_local_crops": 1,
                                 "queue_length": 8, "queue_start_epoch": 0}),
     "byol": ("resnet18_cifar", {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32}),
     "simsiam": ("resnet18_cifar", {"proj_dim": 32, "pred_hidden_dim": 8}),
     "barlowtwins": ("resnet18_cifar", {"proj_dim": 32}),
-    "dino": ("vit_tiny_p4", {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local_crops": 2,
+    "dino": ("vit_tiny_p4", {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local_crops": 1,
                              "warmup_teacher_temp_epochs": 2, "teacher_temp": 0.07}),
-    "dino-resnet": ("resnet18_cifar", {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local_crops": 2}),
+    "dino-resnet": ("resnet18_cifar", {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "num_local_crops": 1}),
 }
 # Parameters frozen during the first epoch (SwAV's prototypes, DINO's last layer).
 FROZEN_IN_EPOCH_1 = {"swav": "prototypes.weight", "dino": "head.last_layer.weight_v",
                      "dino-resnet": "head.last_layer.weight_v"}
-STEPS_PER_EPOCH, EPOCHS, BATCH = 2, 2, 8
+STEPS_PER_EPOCH, EPOCHS, BATCH = 2, 2, 4
 TOTAL = STEPS_PER_EPOCH * EPOCHS
 
 
