@@ -139,3 +139,120 @@ def _parse_like(value: Any, default: Any, key: str) -> Any:
     except ValueError as e:
         raise ConfigError(f"option {key}={value!r}: expected a {type(default).__name__}") from e
     return value
+
+
+# --- SwAV, BYOL, SimSiam, DINO, Barlow Twins (methods engineer B) ----------------------------------------------
+
+@dataclass
+class SwAVConfig(MethodConfig):
+    """SwAV (Caron et al. 2020): LARS lr 4.8 at batch 4096 (0.3 x B/256), wd 1e-6, 10 warm-up epochs;
+    2048-128 projector, 3000 prototypes, temperature 0.1, Sinkhorn eps 0.05 x 3 iterations,
+    multi-crop 2x224 (scale 0.14-1) + 6x96 (0.05-0.14); prototypes frozen for the first epoch (the authors
+    freeze 313 iterations, one epoch at batch 4096). Small data: fewer prototypes (e.g. -o num_prototypes=100
+    on CIFAR-10), and a queue (the authors use 3840 for batches of 256, from epoch 15)."""
+
+    optimizer: ClassVar[str] = "lars"
+    base_lr: ClassVar[float] = 0.3
+    weight_decay: ClassVar[float] = 1e-6
+    warmup_epochs: ClassVar[float] = 10.0
+    views: ClassVar[str] = "multicrop"
+    num_prototypes: int = 3000
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+    temperature: float = 0.1
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    num_local_crops: int = -1  # -1: 6 at 224 px and above, 4 below (CPU-sized runs at 32 / 96 px)
+    local_crop_size: int = 0  # 0: 96 at 224 px and above, half the image size below
+    global_crops_scale: tuple[float, float] = (0.14, 1.0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.14)
+    freeze_prototypes_epochs: float = 1.0
+    queue_length: int = 0  # 0: no queue
+    queue_start_epoch: int = 15
+
+
+@dataclass
+class BYOLConfig(MethodConfig):
+    """BYOL (Grill et al. 2020): LARS lr 0.2 x B/256, wd 1.5e-6, 10 warm-up epochs; projector and
+    predictor 4096-256; target EMA tau from 0.996 to 1 (cosine); asymmetric views (blur 1.0 / 0.1,
+    solarize 0 / 0.2)."""
+
+    optimizer: ClassVar[str] = "lars"
+    base_lr: ClassVar[float] = 0.2
+    weight_decay: ClassVar[float] = 1.5e-6
+    warmup_epochs: ClassVar[float] = 10.0
+    views: ClassVar[str] = "byol"
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    pred_hidden_dim: int = 4096
+    momentum_ema: float = 0.996  # tau_base; rises to 1 with a cosine over training
+
+
+@dataclass
+class SimSiamConfig(MethodConfig):
+    """SimSiam (Chen & He 2021): SGD lr 0.05 x B/256, momentum 0.9, wd 1e-4, no warm-up; 3-layer
+    2048-d projector with BN on its output, 512-d predictor bottleneck, the predictor's lr held fixed
+    (the authors' --fix-pred-lr, used for their reported results); MoCo v2 views."""
+
+    optimizer: ClassVar[str] = "sgd"
+    base_lr: ClassVar[float] = 0.05
+    weight_decay: ClassVar[float] = 1e-4
+    warmup_epochs: ClassVar[float] = 0.0
+    views: ClassVar[str] = "mocov2"
+    proj_dim: int = 2048
+    proj_layers: int = 3  # the paper's CIFAR-10 runs use 2
+    pred_hidden_dim: int = 512
+    fix_pred_lr: bool = True
+
+
+@dataclass
+class DINOConfig(MethodConfig):
+    """DINO (Caron et al. 2021): AdamW lr 0.0005 x B/256, 10 warm-up epochs, wd 0.04 -> 0.4 (cosine);
+    head 2048-2048-256 then a weight-normalised layer to 65536 (fewer for small data, e.g.
+    -o out_dim=4096), student temperature 0.1, teacher 0.04 (warm-up schedule from warmup_teacher_temp
+    over 30 epochs; the paper's long ViT-S runs go 0.04 -> 0.07), centre momentum 0.9, teacher EMA
+    0.996 -> 1, gradients clipped at 3.0 per parameter, last layer frozen for epoch 1; multi-crop 2 global
+    (scale 0.4-1) + 10 local (0.05-0.4) at 224 px, 2 + 6 at half size below (2x32 + 6x16 on CIFAR-10,
+    2x96 + 6x48 on Imagenette 96 px). The authors' ResNet-50 run uses SGD lr 0.03, wd 1e-4 and SwAV's
+    crop scales: pass --optimizer sgd --lr ... -o global_crops_scale=0.14,1 ... for it."""
+
+    optimizer: ClassVar[str] = "adamw"
+    base_lr: ClassVar[float] = 0.0005
+    weight_decay: ClassVar[float] = 0.04
+    final_weight_decay: ClassVar[float | None] = 0.4
+    warmup_epochs: ClassVar[float] = 10.0
+    views: ClassVar[str] = "multicrop"
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+    momentum_teacher: float = 0.996
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 30
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    num_local_crops: int = -1  # -1: 10 at 224 px and above, 6 below
+    local_crop_size: int = 0  # 0: 96 at 224 px and above, half the image size below
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    clip_grad: float = 3.0  # 0: no clipping
+    freeze_last_layer_epochs: int = 1
+
+
+@dataclass
+class BarlowTwinsConfig(MethodConfig):
+    """Barlow Twins (Zbontar et al. 2021): LARS lr 0.2 x B/256 for weights and 0.0048 x B/256 for biases
+    and norms, wd 1.5e-6, 10 warm-up epochs; 3-layer 8192-d projector (smaller for small data, e.g.
+    -o proj_dim=1024), lambda 0.0051; BYOL's asymmetric views."""
+
+    optimizer: ClassVar[str] = "lars"
+    base_lr: ClassVar[float] = 0.2
+    bias_lr: ClassVar[float] = 0.0048
+    weight_decay: ClassVar[float] = 1.5e-6
+    warmup_epochs: ClassVar[float] = 10.0
+    views: ClassVar[str] = "byol"
+    proj_dim: int = 8192
+    proj_layers: int = 3
+    lambd: float = 0.0051

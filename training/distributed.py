@@ -77,3 +77,13 @@ def broadcast_(x: Tensor, src: int = 0) -> Tensor:
     if is_distributed() and world_size() > 1:
         dist.broadcast(x, src)
     return x
+
+
+@torch.no_grad()
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of `x` over all processes (a new tensor; `x` itself is left alone). Identity in one process."""
+    if not is_distributed() or world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y

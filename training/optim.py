@@ -70,8 +70,10 @@ def cosine_with_warmup(step: int, total: int, warmup: int, base: float, final: f
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the scheduled lr; groups marked `fixed_lr` (SimSiam's predictor) keep their initial lr."""
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        if not g.get("fixed_lr", False):
+            g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def grad_norm(params: list[Tensor]) -> float:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from training.errors import ConfigError
+from training.methods.barlowtwins import BarlowTwins
 from training.methods.base import Method
+from training.methods.byol import BYOL
+from training.methods.dino import DINO
 from training.methods.mocov2 import MoCoV2
 from training.methods.simclr import SimCLR
+from training.methods.simsiam import SimSiam
+from training.methods.swav import SwAV
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [SimCLR, MoCoV2]}
+METHODS: dict[str, type[Method]] = {m.name: m for m in [SimCLR, MoCoV2, SwAV, BYOL, SimSiam, DINO, BarlowTwins]}
 
 
 def get_method(name: str) -> type[Method]:
