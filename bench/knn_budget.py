@@ -121,7 +121,7 @@ def main() -> None:
     gallery = train_all.subset(args.gallery)
     test = load_dataset("cifar10", "test")
     rows = []
-    random_init = build_encoder(args.arch, dataset="cifar10").eval()
+    random_init = build_encoder(args.arch, image_size=32, dataset="cifar10").eval()
     rows.append({"method": "random-init", "arch": args.arch, "steps": 0, "images_per_s": None,
                  **score(random_init, gallery, test, args.k, args.temperature)})
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
