@@ -22,7 +22,6 @@ import http.client
 import logging
 import os
 import pickle
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -33,7 +32,13 @@ import torch
 from tqdm import tqdm
 
 from zoo.atomic import atomic_path, atomic_write
-from zoo.errors import ChecksumMismatchError, ModelFolderError, UnsafeCheckpointError, WeightsUnavailableError, ZooError
+from zoo.errors import (
+    ChecksumMismatchError,
+    ModelFolderError,
+    UnsafeCheckpointError,
+    WeightsUnavailableError,
+    ZooError,
+)
 from zoo.folder import is_model_folder
 from zoo.registry import ModelSpec, WeightSource, spec, zoo_home
 
@@ -76,7 +81,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, progr
         response = urllib.request.urlopen(request, timeout=_timeout())
     except urllib.error.HTTPError as e:
         raise WeightsUnavailableError(f"could not download {url}: HTTP {e.code} {e.reason}; {manual}") from e
-    except (urllib.error.URLError, TimeoutError, socket.timeout, OSError) as e:
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsUnavailableError(f"could not download {url} (no network? {reason}); {manual}") from e
     with response, atomic_path(dest) as tmp:

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from zoo.convert._common import CheckpointLayoutError, StateDict, drop_prefixes, strip_prefix, tensors_only, unwrap
+from zoo.convert._common import (
+    CheckpointLayoutError,
+    StateDict,
+    drop_prefixes,
+    strip_prefix,
+    tensors_only,
+    unwrap,
+)
 
 
 def convert(ckpt: Any, network: str = "teacher") -> StateDict:

@@ -14,7 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from zoo.convert._common import CheckpointLayoutError, StateDict, drop_prefixes, strip_prefix, tensors_only, unwrap
+from zoo.convert._common import (
+    CheckpointLayoutError,
+    StateDict,
+    drop_prefixes,
+    strip_prefix,
+    tensors_only,
+    unwrap,
+)
 
 # Separius block: net.{0..5} = conv1, bn1 (BatchNormRelu -> .0), conv2, bn2, conv3, bn3.
 _BLOCK = {"net.0.": "conv1.", "net.1.0.": "bn1.", "net.2.": "conv2.", "net.3.0.": "bn2.", "net.4.": "conv3.",
