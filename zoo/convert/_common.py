@@ -40,13 +40,15 @@ def strip_prefix(state: StateDict, prefix: str) -> StateDict:
     return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
-def select_prefix(state: StateDict, prefix: str, layout: str) -> StateDict:
-    """Keep only the keys under `prefix` (without it); none under it means the layout is wrong."""
-    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not out:
-        raise CheckpointLayoutError(
-            f"not a {layout} checkpoint: no key starts with {prefix!r} (keys look like {_sample(state)})")
-    return out
+def select_prefix(state: StateDict, prefixes: str | tuple[str, ...], layout: str) -> StateDict:
+    """Keep only the keys under the first of `prefixes` that has any (without it); none: wrong layout."""
+    prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
+    for prefix in prefixes:
+        out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if out:
+            return out
+    raise CheckpointLayoutError(f"not a {layout} checkpoint: no key starts with "
+                                f"{' or '.join(map(repr, prefixes))} (keys look like {_sample(state)})")
 
 
 def drop_prefixes(state: StateDict, prefixes: Iterable[str]) -> StateDict:

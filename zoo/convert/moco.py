@@ -15,5 +15,4 @@ from zoo.convert._common import StateDict, drop_prefixes, select_prefix, tensors
 
 def convert(ckpt: Any) -> StateDict:
     state = tensors_only(unwrap(ckpt, ("state_dict",)), "moco")
-    prefix = "module.encoder_q." if any(k.startswith("module.encoder_q.") for k in state) else "encoder_q."
-    return drop_prefixes(select_prefix(state, prefix, "moco"), ("fc.",))
+    return drop_prefixes(select_prefix(state, ("module.encoder_q.", "encoder_q."), "moco"), ("fc.",))

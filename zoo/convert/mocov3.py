@@ -17,5 +17,4 @@ from zoo.convert._common import StateDict, drop_prefixes, select_prefix, tensors
 
 def convert(ckpt: Any) -> StateDict:
     state = tensors_only(unwrap(ckpt, ("state_dict",)), "mocov3")
-    prefix = "module.base_encoder." if any(k.startswith("module.base_encoder.") for k in state) else "base_encoder."
-    return drop_prefixes(select_prefix(state, prefix, "mocov3"), ("fc.", "head."))
+    return drop_prefixes(select_prefix(state, ("module.base_encoder.", "base_encoder."), "mocov3"), ("fc.", "head."))

@@ -56,14 +56,14 @@ def _separius_key(key: str) -> str | None:
     """torchvision name of a Separius key; "" for keys we drop; None for keys we cannot place."""
     if key.startswith("fc."):
         return ""
-    if key.startswith("net.0.0."):
-        return "conv1." + key[len("net.0.0."):]
-    if key.startswith("net.0.1.0."):
-        return "bn1." + key[len("net.0.1.0."):]
+    for old, new in (("net.0.0.", "conv1."), ("net.0.1.0.", "bn1.")):
+        if key.startswith(old) and "." not in key[len(old):]:
+            return new + key[len(old):]
     m = _STAGE.match(key)
     if m:
         stage, block, rest = m.groups()
         for old, new in _BLOCK.items():
-            if rest.startswith(old):
+            # The remainder must be a parameter name: "net.2.conv.weight" (a selective kernel) is not a conv2.
+            if rest.startswith(old) and "." not in rest[len(old):]:
                 return f"layer{stage}.{block}.{new}{rest[len(old):]}"
     return None

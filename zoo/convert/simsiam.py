@@ -14,5 +14,4 @@ from zoo.convert._common import StateDict, drop_prefixes, select_prefix, tensors
 
 def convert(ckpt: Any) -> StateDict:
     state = tensors_only(unwrap(ckpt, ("state_dict",)), "simsiam")
-    prefix = "module.encoder." if any(k.startswith("module.encoder.") for k in state) else "encoder."
-    return drop_prefixes(select_prefix(state, prefix, "simsiam"), ("fc.",))
+    return drop_prefixes(select_prefix(state, ("module.encoder.", "encoder."), "simsiam"), ("fc.",))
