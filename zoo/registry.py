@@ -78,7 +78,7 @@ class ModelSpec:
         if not self.sources:
             return "-"
         s = self.sources[0]
-        return s.url or f"manual ({s.upstream})"
+        return s.url or f"manual: converted from {s.upstream}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
