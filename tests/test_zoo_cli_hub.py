@@ -66,6 +66,14 @@ def test_unknown_arch_and_layout_are_one_line(tmp_path, capsys):
     assert "unknown architecture 'resnet7'" in capsys.readouterr().err
 
 
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    folder = save_encoder(build_encoder("resnet18_cifar"), tmp_path / "m", zoo_meta={"method": "byol"})
+    (tmp_path / "file").write_text("x")
+    assert main(["card", str(folder), "--out", str(tmp_path / "file" / "card.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
 def test_cli_process_exit_code_and_stderr():
     proc = subprocess.run([sys.executable, "-m", "zoo", "info", "nosuchmodel"], cwd=ROOT, capture_output=True,
                           text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=120)

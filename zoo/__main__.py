@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `python -m zoo list | head`
         return 0
+    except OSError as e:  # an output path we cannot write (permissions, full disk)
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     return 0
 
 
