@@ -104,7 +104,8 @@ def _training_section(meta: dict[str, Any]) -> list[str]:
     if source:
         lines += [f"Weights released by the authors ({source.get('upstream') or source.get('url')}), converted to "
                   f"timm key names by `zoo.convert` ({(meta.get('converted_from') or {}).get('layout', '?')} "
-                  f"layout). Source file sha256: {source.get('sha256') or 'not recorded'}.", ""]
+                  f"layout). Source file sha256 (published, or recorded on first download): "
+                  f"{source.get('sha256') or 'not recorded'}.", ""]
     if meta.get("epochs") is not None:
         lines += [f"Epochs: {meta['epochs']}.", ""]
     if meta.get("train_config"):

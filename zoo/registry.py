@@ -155,7 +155,7 @@ def _dino(name: str, arch: str, file: str, knn: float, linear: float) -> ModelSp
         preprocessing=_imagenet("bicubic"),
         sources=(WeightSource("dino", f"{file}.pth", url=f"{_FAIR}/dino/{file}/{file}.pth", upstream=_DINO[0],
                               note="backbone-only teacher weights, as torch.hub.load('facebookresearch/dino:main') uses"),),
-        license="apache-2.0", paper=_DINO[1], epochs=800 if "resnet" in arch else None,
+        license="apache-2.0", paper=_DINO[1],
         reported=(Reported("knn_top1", knn, _IN1K, f"{_DINO[0]} README"),
                   Reported("linear_top1", linear, _IN1K, f"{_DINO[0]} README")),
     )
