@@ -209,3 +209,19 @@ def test_hf_repo_offline_says_what_is_missing(monkeypatch):
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError, match="org/missing-model"):
         zoo.load("hf://org/missing-model")
+
+
+def test_hf_repo_loads_from_the_hub_cache_offline(tmp_path, monkeypatch):
+    # huggingface_hub's cache layout, filled by hand: what an earlier online `zoo.load("hf://...")` leaves.
+    enc = build_encoder("resnet18_cifar", dataset="cifar10").eval()
+    commit = "0" * 40
+    repo = tmp_path / "home" / "hub" / "models--org--tiny-simclr"
+    zoo.save_encoder(enc, repo / "snapshots" / commit, zoo_meta={"name": "tiny", "method": "simclr"})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    x = torch.randn(2, 3, 32, 32)
+    for ref in ("hf://org/tiny-simclr", "hf-hub:org/tiny-simclr"):
+        loaded = zoo.load(ref, device="cpu")
+        with torch.no_grad():
+            assert torch.equal(loaded(x), enc(x))
