@@ -49,11 +49,12 @@ def _convert(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from zoo.onnx import export_onnx
 
-    report = export_onnx(args.model, args.out, opset=args.opset, fp16=args.fp16, exporter=args.exporter)
+    report = export_onnx(args.model, args.out, opset=args.opset, fp16=args.fp16, exporter=args.exporter,
+                         dynamic_image_size=True if args.dynamic_image_size else None)
     p = report["parity"]
     print(f"wrote {report['path']} ({report['precision']}, opset {report['opset']}, "
           f"dynamic image size: {report['dynamic_image_size']})")
-    for case in ("random", "real", "random_other_size"):
+    for case in ("random", "real", "random_other_size", "random_smaller"):
         if case in p:
             c = p[case]
             att = f", attention max abs diff {c['attention_max_abs_diff']:.2e}" if "attention_max_abs_diff" in c else ""
@@ -101,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="ONNX file (default: FOLDER/model.onnx, and parity written to its config)")
     c.add_argument("--opset", type=int, default=18)
     c.add_argument("--fp16", action="store_true", help="fp16 weights and compute; input/outputs stay float32")
-    c.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+    c.add_argument("--exporter", choices=("torchscript", "dynamo"),
+                   help="default: torchscript, or dynamo for a ViT with --dynamic-image-size")
+    c.add_argument("--dynamic-image-size", action="store_true",
+                   help="ViTs: any image size (multiple of the patch), via the dynamo exporter; CNNs always are")
     c.set_defaults(func=_export)
 
     c = sub.add_parser("card", help="render the model card (Hugging Face format) of a model folder")

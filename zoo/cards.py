@@ -145,7 +145,7 @@ def _onnx_section(onnx: dict[str, Any] | None) -> list[str]:
               f"ONNX Runtime {p.get('onnxruntime')} ({p.get('provider')}):", "",
               "| inputs | batch | emb. max abs diff | emb. min cosine | attention max abs diff |",
               "|---|---:|---:|---:|---:|"]
-    for case in ("random", "real", "random_other_size"):
+    for case in ("random", "real", "random_other_size", "random_smaller"):
         if case in p:
             c = p[case]
             att = f"{c['attention_max_abs_diff']:.1e}" if "attention_max_abs_diff" in c else "-"
