@@ -55,7 +55,7 @@ def test_fp16_export_keeps_float32_interface(tmp_path):
     session = ort_session(tmp_path / "h.onnx")
     assert session.get_inputs()[0].type == "tensor(float)"
     assert all(o.type == "tensor(float)" for o in session.get_outputs())
-    assert next(enc.parameters()).dtype == torch.float32  # the caller's encoder is left in fp32
+    assert next(enc.parameters()).dtype == torch.float32  # the caller's encoder is left as it was
 
 
 @pytest.mark.slow  # the dynamo exporter takes ~20-60 s here

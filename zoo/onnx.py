@@ -26,6 +26,7 @@ max abs diff <= 1e-4), and nothing is left at `out_path` then.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
@@ -100,7 +101,8 @@ def export_onnx(
     """
     folder: Path | None = None
     if isinstance(encoder_or_folder, Encoder):
-        encoder = encoder_or_folder
+        # A copy: the caller's encoder keeps its device and dtype (export needs CPU, fp16 halves weights).
+        encoder = copy.deepcopy(encoder_or_folder)
     else:
         from zoo.folder import load_encoder
         from zoo.weights import resolve
@@ -124,7 +126,9 @@ def export_onnx(
             f"{encoder.arch}: the torchscript exporter bakes a ViT's position embedding in at one size, so it "
             "cannot export a dynamic image size; use exporter='dynamo' (or a fixed size)")
     precision = "fp16" if fp16 else "fp32"
-    graph = ExportGraph(encoder.half() if fp16 else encoder, torch.float16 if fp16 else torch.float32).eval()
+    # fp16: a half copy is exported; parity is measured against the original fp32 encoder.
+    graph_encoder = copy.deepcopy(encoder).half() if fp16 else encoder
+    graph = ExportGraph(graph_encoder, torch.float16 if fp16 else torch.float32).eval()
     outputs = [EMBEDDINGS, ATTENTION] if encoder.is_vit else [EMBEDDINGS]
     size = encoder.preprocessing.image_size
     example = torch.randn(2, 3, size, size)
@@ -136,17 +140,14 @@ def export_onnx(
         "outputs": outputs, "dynamic_batch": True, "dynamic_image_size": bool(dynamic_image_size),
         "image_size": size, "torch": torch.__version__,
     }
-    try:
-        with atomic_path(out_path) as tmp:
-            with torch.no_grad():
-                try:
-                    _export(graph, example, tmp, opset, outputs, axes, exporter)
-                except Exception as e:  # the exporter raises many types; all mean the same to the user
-                    raise OnnxExportError(f"ONNX export of {encoder.arch} failed: {type(e).__name__}: {e}") from e
-            if check:
-                report["parity"] = check_parity(encoder.float(), tmp, precision, dynamic_image_size)
-    finally:
-        encoder.float()
+    with atomic_path(out_path) as tmp:
+        with torch.no_grad():
+            try:
+                _export(graph, example, tmp, opset, outputs, axes, exporter)
+            except Exception as e:  # the exporter raises many types; all mean the same to the user
+                raise OnnxExportError(f"ONNX export of {encoder.arch} failed: {type(e).__name__}: {e}") from e
+        if check:
+            report["parity"] = check_parity(encoder, tmp, precision, dynamic_image_size)
     if folder is not None and out_path.parent.resolve() == folder.resolve():
         from zoo.folder import update_config
 
@@ -220,8 +221,7 @@ def check_parity(encoder: Encoder, onnx_path: str | os.PathLike, precision: str 
 
 
 def _data_dir() -> Path | None:
-    for p in (os.environ.get("ZOO_DATA_DIR"), Path(__file__).resolve().parents[1].parent / "shared" / "data",
-              "/work/shared/data"):
+    for p in (os.environ.get("ZOO_DATA_DIR"), Path(__file__).resolve().parents[1].parent / "shared" / "data"):
         if p and Path(p).is_dir():
             return Path(p)
     return None
