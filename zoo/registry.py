@@ -137,6 +137,7 @@ def _imagenet(interpolation: str = "bilinear", mean=IMAGENET_MEAN, std=IMAGENET_
 
 # --- built-in entries: the authors' released weights ----------------------------------------------------
 
+_BARLOW_RUN = "ep1000_bs2048_lrw0.2_lrb0.0048_lambd0.0051"  # the run directory the hubconf names
 _FAIR = "https://dl.fbaipublicfiles.com"
 _DINO = ("https://github.com/facebookresearch/dino", "Caron et al., Emerging Properties in Self-Supervised "
          "Vision Transformers, ICCV 2021, arXiv:2104.14294")
@@ -211,7 +212,7 @@ BUILTIN: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="barlowtwins_resnet50", method="barlowtwins", arch="resnet50", dataset=_IN1K, embed_dim=2048,
         preprocessing=_imagenet(),
-        sources=(WeightSource("barlowtwins", "resnet50.pth", url=f"{_FAIR}/barlowtwins/ljng/resnet50.pth",
+        sources=(WeightSource("barlowtwins", "resnet50.pth", url=f"{_FAIR}/barlowtwins/{_BARLOW_RUN}/resnet50.pth",
                               upstream="https://github.com/facebookresearch/barlowtwins",
                               note="backbone-only weights, as the repository's hubconf loads them"),),
         license="mit", epochs=1000,

@@ -1,6 +1,6 @@
 """Barlow Twins (facebookresearch/barlowtwins) checkpoints -> our timm key names.
 
-`ljng/resnet50.pth` is the backbone alone: torchvision ResNet-50 keys without `fc`. A training checkpoint
+The released `resnet50.pth` is the backbone alone: torchvision ResNet-50 keys without `fc`. A training checkpoint
 (`checkpoint.pth`) is `{"epoch", "model", "optimizer"}` with `module.backbone.*`, `module.projector.*` and
 `module.bn.*` (the batch norm on the projector output); only the backbone is kept.
 """
