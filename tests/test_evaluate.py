@@ -81,3 +81,13 @@ def test_eval_cli_unknown_model_is_one_line(capsys):
     assert main(["knn", "--model", "no/such/folder", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+def test_record_writes_the_result_and_command_into_the_folder(tmp_path, capsys, labelled_folder):
+    zoo.save_encoder(build_encoder("resnet18_cifar", image_size=16), tmp_path / "m")
+    assert main(["knn", "--model", str(tmp_path / "m"), "--data", str(labelled_folder), "--test-data",
+                 str(labelled_folder), "--record", "--json", "--no-progress", "-k", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ev = zoo.read_config(tmp_path / "m")["zoo"]["eval"]
+    assert ev["knn_top1"]["value"] == pytest.approx(100 * printed["top1"])
+    assert ev["knn_top1"]["command"].startswith("python -m training knn --model ") and ev["knn_top5"]["k"] == 3

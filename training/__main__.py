@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
         e.add_argument("--json", action="store_true", help="print a JSON object with top1/top5 as the last line")
         e.add_argument("--no-progress", action="store_true", help="no progress bar")
+        e.add_argument("--record", action="store_true",
+                       help="write the result, with this command, into the model folder's config.json (zoo.eval), "
+                            "where model cards read it")
         if name == "knn":
             e.add_argument("-k", "--k", type=int, default=20, help="neighbours that vote")
             e.add_argument("--temperature", type=float, default=0.07, help="votes weighted by exp(similarity / T)")
@@ -151,15 +154,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra = {"epochs": args.epochs}
     result = {"top1": r.top1, "top5": r.top5, "n_train": r.n_train, "n_test": r.n_test, "model": args.model,
               "data": args.data, **extra}
+    if args.record:
+        _record(args, r, extra)
     print(f"{args.command}: top-1 {r.top1:.4f}  top-5 {r.top5:.4f}  ({r.n_train} train, {r.n_test} test images)")
     if args.json:
         print(json.dumps(result))
     return 0
 
 
+def _record(args: argparse.Namespace, r: Any, extra: dict[str, Any]) -> None:
+    """Store top-1/top-5 (in %) with the exact command in the folder's `zoo.eval`."""
+    import shlex
+
+    from training.errors import ConfigError
+    from zoo.folder import is_model_folder, update_config
+
+    if not is_model_folder(args.model):
+        raise ConfigError(f"--record needs a model folder; {args.model!r} is not one")
+    command = "python -m training " + " ".join(shlex.quote(a) for a in args.argv)
+    split = "test" if args.data in ("cifar10", "imagenette") else args.test_data
+    common = {"dataset": args.data, "split": split, "command": command, "n_train": r.n_train, "n_test": r.n_test,
+              **extra}
+    update_config(args.model, {"eval": {
+        f"{args.command}_top1": {"value": 100 * r.top1, **common},
+        f"{args.command}_top5": {"value": 100 * r.top5, **common}}})
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("ZOO_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         if args.command == "fit":
             return cmd_fit(args)
