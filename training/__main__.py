@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--weight-decay", type=float, default=None, help="default: the paper's")
     fit.add_argument("--warmup-epochs", type=float, default=None,
                      help="linear warm-up before the cosine decay (default: the paper's, at most 10%% of the run)")
-    fit.add_argument("--num-workers", type=int, default=0, help="data-loading processes (0: in the main process)")
+    fit.add_argument("--num-workers", type=int, default=None,
+                     help="data-loading processes (0: in the main process; default: CPU cores - 1, at least 1)")
     fit.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                      help="bf16 autocast (default: on for CUDA)")
     fit.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

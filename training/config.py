@@ -83,7 +83,7 @@ class TrainConfig:
     lr: float | None = None  # absolute; default base_lr x batch/256
     weight_decay: float | None = None
     warmup_epochs: float | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # default: one fewer than the CPU cores (at least 1), at most 8
     amp: bool | None = None  # default: bf16 autocast on CUDA, off on CPU
     channels_last: bool | None = None  # default: on for CNNs
     compile: bool = False

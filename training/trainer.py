@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,9 @@ class Trainer:
                 ddp_kwargs["device_ids"] = [torch.cuda.current_device()]
             self.model = nn.parallel.DistributedDataParallel(self.method, **ddp_kwargs)
         self.step_fn: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        # Per-sample augmentation is as costly as the model on a CPU: worker processes (one thread each)
+        # overlap it with the step instead of fighting the step for the same threads.
+        self.num_workers = cfg.num_workers if cfg.num_workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
         self.step = 0
         self.metrics_path = self.out / "metrics.jsonl"
 
@@ -200,7 +204,7 @@ class Trainer:
             ds.set_epoch(epoch)
             collate = collate_views
         loader = DataLoader(Subset(ds, order), batch_size=b, shuffle=False, drop_last=True,
-                            num_workers=self.cfg.num_workers, collate_fn=collate, pin_memory=cuda,
+                            num_workers=self.num_workers, collate_fn=collate, pin_memory=cuda,
                             persistent_workers=False,
                             # its own generator: creating a loader must not draw from the global RNG,
                             # or a resumed run's model randomness would shift
