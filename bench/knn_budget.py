@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.budget import budget_config, seconds_per_step  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 from training.evaluate import extract_features, knn_classify  # noqa: E402
@@ -46,36 +47,15 @@ def score(encoder, gallery, test, k: int, temperature: float) -> dict:
     return {"knn_top1": r.top1, "knn_top5": r.top5, "embedding_std": embedding_spread(fte)}
 
 
-def seconds_per_step(base: TrainConfig, data, probe_steps: int) -> float:
-    """Time `probe_steps` steps after one warm-up step."""
-    probe = TrainConfig(**{**base.to_dict(), "out": base.out + "-probe", "epochs": 1,
-                           "max_steps": probe_steps + 1, "checkpoint_every": 10**9, "progress": False})
-    times: list[float] = []
-    last = [time.perf_counter()]
-
-    def clock(trainer, step, logs):
-        now = time.perf_counter()
-        if step > 1:
-            times.append(now - last[0])
-        last[0] = now
-
-    Trainer(probe, callbacks=[clock], dataset=data).fit()
-    return sum(times) / len(times)
-
-
 def run_method(method: str, args, train_all, gallery, test) -> dict:
     out = Path(args.runs) / f"{method}_{args.arch}"
     base = TrainConfig(method=method, arch=args.arch, data="cifar10", out=str(out), epochs=1,
                        batch_size=args.batch_size, seed=args.seed, checkpoint_every=10**9, log_every=10,
                        progress=True, device="cpu", method_options=dict(args.option.get(method, {})))
-    for stale in (out, Path(base.out + "-probe")):  # this script owns its run folders
-        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)  # this script owns its run folders
     s_per_step = seconds_per_step(base, train_all, args.probe_steps)
-    steps = max(1, int(args.minutes * 60 / s_per_step))
-    images = steps * args.batch_size
-    epochs = max(1, math.ceil(images / len(train_all)))
-    limit = min(len(train_all), math.ceil(images / epochs / args.batch_size) * args.batch_size)
-    cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "limit_train": limit})
+    cfg = budget_config(base, train_all, args.minutes, s_per_step)
+    limit, epochs = cfg.limit_train, cfg.epochs
     t0 = time.perf_counter()
     trainer = Trainer(cfg, dataset=train_all.subset(limit))
     folder = trainer.fit()

@@ -50,7 +50,7 @@ def _check_model(settings: Settings) -> None:
     if settings.model is None:
         sys.exit(f"error: no --model given, and the bundled default model is missing: {DEFAULT_MODEL_DIR} needs "
                  "config.json and model.safetensors.\nServe a model folder with `python -m service --model "
-                 "FOLDER`, or put the default model there (see README.md, "Serve").")
+                 "FOLDER`, or put the default model there (README.md, section Serve).")
     sys.exit(f"error: {folder} is not a model folder: it needs config.json and model.safetensors "
              "(write one with zoo.save_encoder or `python -m training fit`)")
 
