@@ -44,7 +44,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _check_model(settings: Settings) -> None:
-    folder = settings.model_folder()
+    from zoo.errors import ZooError
+
+    try:
+        folder = settings.model_folder()
+    except ZooError as e:
+        sys.exit(f"error: {e}")
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return
     if settings.model is None:

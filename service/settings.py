@@ -63,4 +63,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     def model_folder(self) -> Path:
-        return Path(self.model) if self.model else DEFAULT_MODEL_DIR
+        """The folder to serve: `model` as a path, else as a zoo name or hf:// reference (fetched into the cache)."""
+        if not self.model:
+            return DEFAULT_MODEL_DIR
+        if Path(self.model).is_dir():
+            return Path(self.model)
+        from zoo.weights import resolve
+
+        return Path(resolve(self.model))
