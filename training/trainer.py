@@ -201,7 +201,10 @@ class Trainer:
             collate = collate_views
         loader = DataLoader(Subset(ds, order), batch_size=b, shuffle=False, drop_last=True,
                             num_workers=self.cfg.num_workers, collate_fn=collate, pin_memory=cuda,
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            # Its own generator: a loader drawing its base seed from the global RNG would
+                            # shift the RNG of a run resumed mid-epoch (methods that sample in forward).
+                            generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
         for batch in loader:
             if self.gpu_views is not None:
                 images, _, index = batch

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from training.errors import ConfigError
 from training.methods.base import Method
+from training.methods.cmc import CMC
+from training.methods.cpc import CPC
+from training.methods.instdisc import InstDisc
+from training.methods.invaspread import InvaSpread
+from training.methods.mocov1 import MoCoV1
 from training.methods.mocov2 import MoCoV2
+from training.methods.mocov3 import MoCoV3
 from training.methods.simclr import SimCLR
+from training.methods.simclrv2 import SimCLRV2
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in [SimCLR, MoCoV2]}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in [SimCLR, MoCoV2, InstDisc, InvaSpread, CPC, CMC, MoCoV1, MoCoV3, SimCLRV2]
+}
 
 
 def get_method(name: str) -> type[Method]:
