@@ -63,6 +63,9 @@ class MoCoV2Config(MethodConfig):
     shuffle_bn_splits: int = 8
 
 
+CROPS = ("random", "contrastive")
+
+
 @dataclass
 class TrainConfig:
     """Everything `python -m training fit` takes. `None` means: the method's paper default."""
@@ -93,9 +96,12 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None  # stop (and checkpoint) after this many steps in total
     progress: bool = True
+    crop: str = "random"  # random | contrastive (ContrastiveCrop, Peng et al. 2022)
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.crop not in CROPS:
+            raise ConfigError(f"--crop {self.crop!r} is not known; choose one of: {', '.join(CROPS)}")
         if self.batch_size < 2:
             raise ConfigError(f"--batch-size must be at least 2 (contrastive methods need pairs); got {self.batch_size}")
         if self.epochs < 1:
