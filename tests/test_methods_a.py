@@ -139,14 +139,15 @@ def test_contrastive_crop_boxes_update_after_warmup_and_resume_exactly(tmp_path:
     assert full.crop.warmup_epochs == 1
     boxes = full.crop.boxes
     assert ((boxes[:, :2] >= 0) & (boxes[:, 2:] <= 1) & (boxes[:, :2] < boxes[:, 2:])).all()
-    for stop in (3, 5):  # mid-epoch 1, and at the boundary of epoch 2 (checkpoint before its refresh)
-        part = tmp_path / f"part{stop}"
-        with pytest.raises(Interrupt):
-            Trainer(config(part, **kw), callbacks=[interrupt_after(stop)], dataset=data).fit()
-        resumed = Trainer(config(part, resume=True, **kw), dataset=data)
-        resumed.fit()
-        assert losses(part) == losses(tmp_path / "full")
-        assert torch.equal(resumed.crop.boxes, full.crop.boxes)
+    # Interrupted in epoch 2 with the last checkpoint at its boundary (step 4, before its refresh): the
+    # resumed run must not refresh twice nor crop differently. Mid-epoch resumes are covered above.
+    part = tmp_path / "part"
+    with pytest.raises(Interrupt):
+        Trainer(config(part, **kw), callbacks=[interrupt_after(5)], dataset=data).fit()
+    resumed = Trainer(config(part, resume=True, **kw), dataset=data)
+    resumed.fit()
+    assert losses(part) == losses(tmp_path / "full")
+    assert torch.equal(resumed.crop.boxes, full.crop.boxes)
 
 
 def test_unknown_crop_is_a_clear_error(tmp_path: Path) -> None:
@@ -285,3 +286,23 @@ def test_cmc_encoder_converts_to_lab_and_concatenates_halves(tmp_path: Path) -> 
     assert torch.equal(enc(x), torch.cat([l_feat, ab_feat], dim=1)) and enc.embed_dim == 512
     zoo.save_encoder(enc, tmp_path / "m")
     assert torch.allclose(zoo.load(str(tmp_path / "m"), device="cpu")(x), enc(x))
+
+
+def test_simclrv2_exports_the_middle_layer_of_its_projector(tmp_path: Path) -> None:
+    from training.config import SimCLRV2Config
+    from training.methods.simclrv2 import SimCLRV2
+    from zoo.backbones import build_encoder
+
+    torch.manual_seed(0)
+    m = SimCLRV2(build_encoder("resnet18_cifar", image_size=8), SimCLRV2Config(proj_dim=8, export_head_layers=1))
+    m.train()
+    m.projector(m.encoder(torch.randn(4, 3, 8, 8)))  # move the BN statistics off their initial values
+    m.eval()
+    x = torch.randn(2, 3, 8, 8)
+    exported = m.encoder_for_export()
+    assert exported.arch == "head_resnet18_cifar" and exported.embed_dim == 512
+    assert torch.allclose(exported(x), m.projector[:3](m.encoder(x)), atol=1e-6)
+    zoo.save_encoder(exported, tmp_path / "m")
+    assert torch.allclose(zoo.load(str(tmp_path / "m"), device="cpu")(x), exported(x), atol=1e-6)
+    assert SimCLRV2(build_encoder("resnet18_cifar", image_size=8),
+                    SimCLRV2Config(proj_dim=8)).encoder_for_export().arch == "resnet18_cifar"

@@ -161,7 +161,7 @@ class InstDiscConfig(MethodConfig):
     optimizer: ClassVar[str] = "sgd"
     base_lr: ClassVar[float] = 0.03
     weight_decay: ClassVar[float] = 5e-4
-    views: ClassVar[str] = "mocov1"
+    views: ClassVar[str] = "instdisc"
     loss: str = "nce"  # nce | softmax (the non-parametric softmax over the sampled entries)
     num_negatives: int = 4096
     temperature: float = 0.07

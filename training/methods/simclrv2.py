@@ -81,4 +81,5 @@ class SimCLRV2(Method):
         model = BackboneWithHead(enc.model, widths)
         # The projector's first n (Linear, BN, ReLU) triples, same layout as BackboneWithHead's head.
         model.head.load_state_dict(self.projector[: 3 * n].state_dict())
+        model.head.train(self.projector.training)
         return Encoder("head_" + enc.arch, model, enc.preprocessing, {**enc.model_args, "head_dims": widths})
