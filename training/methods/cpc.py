@@ -40,6 +40,9 @@ class CPC(Method):
                                         for _ in range(cfg.first_step, cfg.last_step + 1))
 
     def view_spec(self, image_size: int) -> ViewSpec:
+        if image_size < 2 * (self.cfg.grid + 1):
+            raise ConfigError(f"a {self.cfg.grid}x{self.cfg.grid} patch grid needs images of at least "
+                              f"{2 * (self.cfg.grid + 1)} px (got {image_size}); lower -o grid or raise --image-size")
         return cpc_views(image_size)
 
     def forward(self, views: list[Tensor], step: int, index: Tensor | None = None) -> dict[str, Tensor]:

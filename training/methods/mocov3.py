@@ -43,8 +43,9 @@ class MoCoV3(Method):
             encoder.model.patch_embed.proj.requires_grad_(False)
         self.projector = projection_head(encoder.embed_dim, cfg.proj_hidden_dim, cfg.proj_dim,
                                          num_layers=cfg.proj_layers, last_bn=True)
+        # As in their code: BN after the projector's last layer (affine off), none after the predictor's.
         self.predictor = mlp([(cfg.proj_dim, cfg.pred_hidden_dim, True, True),
-                              (cfg.pred_hidden_dim, cfg.proj_dim, True, False)], last_bn_affine=False)
+                              (cfg.pred_hidden_dim, cfg.proj_dim, False, False)])
         self.momentum_encoder = momentum_copy(encoder)
         self.momentum_projector = momentum_copy(self.projector)
 
