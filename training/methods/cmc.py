@@ -16,10 +16,11 @@ from torch import Tensor
 
 from training.augment import ViewSpec, cmc_views
 from training.config import CMCConfig
+from training.errors import ConfigError
 from training.heads import LinearHead
 from training.methods.base import Method
 from training.methods.instdisc import BankContrast
-from zoo.backbones import Encoder, LabSplitEncoder, build_encoder
+from zoo.backbones import Encoder, LabSplitEncoder, arch_spec, build_encoder
 
 
 class CMC(Method):
@@ -27,6 +28,9 @@ class CMC(Method):
     config_class = CMCConfig
 
     def __init__(self, encoder: Encoder, cfg: CMCConfig):
+        if arch_spec(encoder.arch).kind:
+            raise ConfigError(f"--arch {encoder.arch}: pass a plain backbone (e.g. resnet18_cifar); "
+                              f"CMC builds its own composite encoder from it")
         split = build_encoder("cmc_" + encoder.arch, preprocessing=encoder.preprocessing,
                               half_width=cfg.half_width, **encoder.model_args)
         assert isinstance(split, LabSplitEncoder)

@@ -21,7 +21,7 @@ from training.errors import ConfigError
 from training.heads import CPCContext
 from training.losses import patch_info_nce
 from training.methods.base import Method
-from zoo.backbones import Encoder, PatchGridEncoder
+from zoo.backbones import Encoder, PatchGridEncoder, arch_spec
 
 
 class CPC(Method):
@@ -31,6 +31,9 @@ class CPC(Method):
     def __init__(self, encoder: Encoder, cfg: CPCConfig):
         if not 1 <= cfg.first_step <= cfg.last_step < cfg.grid:
             raise ConfigError(f"prediction steps {cfg.first_step}..{cfg.last_step} must lie in 1..{cfg.grid - 1}")
+        if arch_spec(encoder.arch).kind:
+            raise ConfigError(f"--arch {encoder.arch}: pass a plain backbone (e.g. resnet18_cifar); "
+                              f"CPC builds its own composite encoder from it")
         grid_encoder = PatchGridEncoder("cpc_" + encoder.arch, encoder.model, encoder.preprocessing,
                                         {**encoder.model_args, "grid": cfg.grid})
         super().__init__(grid_encoder, cfg)
