@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--log-every", type=int, default=10, help="steps between metrics.jsonl lines")
     fit.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--crop", default="random", choices=["random", "contrastive"],
+                     help="how views are cropped: random resized crops, or ContrastiveCrop (Peng et al. 2022: "
+                     "after a warm-up, crops centred inside boxes from the model's own heat maps)")
     fit.add_argument("-o", "--method-option", action="append", default=[], metavar="KEY=VALUE",
                      help="override a method hyperparameter, e.g. -o temperature=0.2 -o queue_size=4096")
 
@@ -115,6 +118,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                       channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
                       gpu_augment=args.gpu_augment, checkpoint_every=args.checkpoint_every,
                       log_every=args.log_every, max_steps=args.max_steps, progress=not args.no_progress,
+                      crop=args.crop,
                       method_options=_parse_options(args.method_option))
     from zoo.backbones import arch_spec
 

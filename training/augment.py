@@ -176,3 +176,21 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float], crop_
     resize = int(round(size / crop_pct))
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(list(mean), list(std))])
+
+
+# Presets of InstDisc, CMC and CPC (methods-a) -------------------------------------------------------
+def instdisc_views(size: int) -> ViewSpec:
+    """InstDisc (Wu et al. 2018): one view per image, augmented as MoCo v1 later did."""
+    return ViewSpec(mocov1_views(size).views[:1])
+
+
+def cmc_views(size: int) -> ViewSpec:
+    """CMC (Tian et al. 2019), L / ab: one view, crop 0.2-1 and flip only; the two 'views' are its
+    colour channels, so no colour augmentation."""
+    return ViewSpec((ViewConfig(size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0),))
+
+
+def cpc_views(size: int) -> ViewSpec:
+    """CPC v2 (Henaff et al. 2020) on the whole image: one view, crop 0.2-1, flip, colour jitter 0.8 and
+    grayscale 0.2 (the paper's colour dropping); their per-patch augmentations are not reproduced."""
+    return ViewSpec((ViewConfig(size, scale=(0.2, 1.0)),))

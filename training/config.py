@@ -63,6 +63,9 @@ class MoCoV2Config(MethodConfig):
     shuffle_bn_splits: int = 8
 
 
+CROPS = ("random", "contrastive")
+
+
 @dataclass
 class TrainConfig:
     """Everything `python -m training fit` takes. `None` means: the method's paper default."""
@@ -93,9 +96,12 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None  # stop (and checkpoint) after this many steps in total
     progress: bool = True
+    crop: str = "random"  # random | contrastive (ContrastiveCrop, Peng et al. 2022)
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.crop not in CROPS:
+            raise ConfigError(f"--crop {self.crop!r} is not known; choose one of: {', '.join(CROPS)}")
         if self.batch_size < 2:
             raise ConfigError(f"--batch-size must be at least 2 (contrastive methods need pairs); got {self.batch_size}")
         if self.epochs < 1:
@@ -256,3 +262,134 @@ class BarlowTwinsConfig(MethodConfig):
     proj_dim: int = 8192
     proj_layers: int = 3
     lambd: float = 0.0051
+
+
+# ====================================================================================================
+# InstDisc, InvaSpread, CPC v2, CMC, MoCo v1, MoCo v3, SimCLR v2 (methods-a). Sources of each default are
+# named in the docstrings; "ours" marks a choice the paper leaves open or one made for small data.
+# ====================================================================================================
+
+
+@dataclass
+class InstDiscConfig(MethodConfig):
+    """InstDisc (Wu et al. 2018): SGD lr 0.03 at batch 256, wd 5e-4, 4096 NCE noise samples, T 0.07,
+    128-d features, memory momentum 0.5; one view (crop 0.2-1, jitter 0.4, grayscale 0.2, flip)."""
+
+    optimizer: ClassVar[str] = "sgd"
+    base_lr: ClassVar[float] = 0.03
+    weight_decay: ClassVar[float] = 5e-4
+    views: ClassVar[str] = "instdisc"
+    loss: str = "nce"  # nce | softmax (the non-parametric softmax over the sampled entries)
+    num_negatives: int = 4096
+    temperature: float = 0.07
+    memory_momentum: float = 0.5
+    proj_dim: int = 128
+
+
+@dataclass
+class InvaSpreadConfig(MethodConfig):
+    """InvaSpread (Ye et al. 2019): SGD lr 0.03 at batch 128 (0.06 per 256), wd 5e-4, T 0.1, 128-d
+    linear embedding, two views per image, in-batch negatives only."""
+
+    optimizer: ClassVar[str] = "sgd"
+    base_lr: ClassVar[float] = 0.06
+    weight_decay: ClassVar[float] = 5e-4
+    views: ClassVar[str] = "mocov1"
+    temperature: float = 0.1
+    proj_dim: int = 128
+
+
+@dataclass
+class CPCConfig(MethodConfig):
+    """CPC v2 (Henaff et al. 2020): a 7x7 grid of half-overlapping patches, a masked-convolution context
+    network, InfoNCE over the batch's patches. Adam(W) as in the CPC papers; the lr, the context
+    width and depth and the prediction range (2 to 5 rows below, skipping the half-overlapping next
+    row) are ours."""
+
+    optimizer: ClassVar[str] = "adamw"
+    base_lr: ClassVar[float] = 4e-4
+    weight_decay: ClassVar[float] = 1e-5
+    views: ClassVar[str] = "cpc"
+    grid: int = 7
+    context_dim: int = 512
+    context_blocks: int = 3
+    first_step: int = 2
+    last_step: int = 5
+
+
+@dataclass
+class CMCConfig(MethodConfig):
+    """CMC (Tian et al. 2019), L / ab views: SGD lr 0.03, wd 1e-4, two half-width networks, 128-d linear
+    heads, memory banks with momentum 0.5, NCE with T 0.07 (16384 noise samples on ImageNet; 4096 here
+    by default, as InstDisc); crop and flip only (colour is what is split)."""
+
+    optimizer: ClassVar[str] = "sgd"
+    base_lr: ClassVar[float] = 0.03
+    weight_decay: ClassVar[float] = 1e-4
+    views: ClassVar[str] = "cmc"
+    loss: str = "nce"  # nce | softmax
+    num_negatives: int = 4096
+    temperature: float = 0.07
+    memory_momentum: float = 0.5
+    proj_dim: int = 128
+    half_width: bool = True
+
+
+@dataclass
+class MoCoV1Config(MethodConfig):
+    """MoCo v1 (He et al. 2020): SGD lr 0.03 at batch 256, wd 1e-4, queue 65536, m 0.999, T 0.07,
+    128-d linear head, crop 0.2-1 + jitter 0.4 + grayscale 0.2 + flip."""
+
+    optimizer: ClassVar[str] = "sgd"
+    base_lr: ClassVar[float] = 0.03
+    weight_decay: ClassVar[float] = 1e-4
+    views: ClassVar[str] = "mocov1"
+    queue_size: int = 65536
+    momentum_ema: float = 0.999
+    temperature: float = 0.07
+    proj_dim: int = 128
+    shuffle_bn_splits: int = 8
+
+
+@dataclass
+class MoCoV3Config(MethodConfig):
+    """MoCo v3 (Chen, Xie, He 2021). ResNet: LARS lr 0.6 per 256 (their blr), wd 1e-6, 10 warm-up
+    epochs, T 1.0. ViT (applied by the method when the backbone is a ViT): AdamW lr 1.5e-4 per 256,
+    wd 0.1, 40 warm-up epochs, T 0.2. Both: m 0.99 -> 1 (cosine), BYOL's augmentations, 3-layer
+    projector 4096-4096-256 and 2-layer predictor 4096-256 with BN."""
+
+    optimizer: ClassVar[str] = "lars"
+    base_lr: ClassVar[float] = 0.6
+    weight_decay: ClassVar[float] = 1e-6
+    warmup_epochs: ClassVar[float] = 10.0
+    views: ClassVar[str] = "byol"
+    temperature: float | None = None  # None: 1.0 for ResNets, 0.2 for ViTs
+    momentum_ema: float = 0.99
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    proj_layers: int = 3
+    pred_hidden_dim: int = 4096
+    freeze_patch_embed: bool = False  # ViT: keep the random patch projection fixed (their stability trick)
+
+
+@dataclass
+class SimCLRV2Config(MethodConfig):
+    """SimCLR v2 (Chen et al. 2020b): LARS lr 0.3 per 256, wd 1e-4, 10 warm-up epochs, a 3-layer
+    projector (hidden = backbone width, 128 out, BN on every layer). The paper's temperature is 0.1
+    at batch 4096; 0.5 (SimCLR's CIFAR value) is the default here for small batches.
+    `export_head_layers=1` exports the backbone plus the projector's first layer ("fine-tuning from
+    the middle layer"); `momentum_encoder=true` adds MoCo's momentum encoder and queue."""
+
+    optimizer: ClassVar[str] = "lars"
+    base_lr: ClassVar[float] = 0.3
+    weight_decay: ClassVar[float] = 1e-4
+    warmup_epochs: ClassVar[float] = 10.0
+    views: ClassVar[str] = "simclr"
+    temperature: float = 0.5
+    proj_hidden_dim: int = 0  # 0: the backbone's width
+    proj_dim: int = 128
+    proj_layers: int = 3
+    export_head_layers: int = 0
+    momentum_encoder: bool = False
+    queue_size: int = 65536
+    momentum_ema: float = 0.999

@@ -105,3 +105,34 @@ class Prototypes(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return z @ self.weight.T
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A convolution that sees only the rows above and its own row (PixelCNN-style causality in the
+    vertical direction): stacked, the output at row i depends on input rows <= i only."""
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2)
+        mask = torch.ones_like(self.weight)
+        mask[:, :, kernel_size // 2 + 1:, :] = 0
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+class CPCContext(nn.Module):
+    """CPC's context network over the patch grid: a 1x1 input projection, then residual blocks of
+    ReLU -> masked 3x3 conv -> ReLU -> 1x1 conv, so the context c[i, j] summarises rows <= i."""
+
+    def __init__(self, in_dim: int, dim: int, blocks: int):
+        super().__init__()
+        self.inp = nn.Conv2d(in_dim, dim, 1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.ReLU(), MaskedConv2d(dim), nn.ReLU(), nn.Conv2d(dim, dim, 1))
+                                    for _ in range(blocks))
+
+    def forward(self, z: Tensor) -> Tensor:
+        c = self.inp(z)
+        for block in self.blocks:
+            c = c + block(c)
+        return c

@@ -134,3 +134,82 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 0.0051, gather: Gat
     on_diag = (torch.diagonal(c) - 1).pow(2).sum()
     off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
     return on_diag + lambd * off_diag
+
+
+# ====================================================================================================
+# Losses of InstDisc, CMC, InvaSpread, MoCo v3 and CPC (methods-a).
+# ====================================================================================================
+
+
+def nce_memory(pos: Tensor, neg: Tensor, temperature: float, log_z: Tensor | float, num_data: int) -> Tensor:
+    """Noise-contrastive estimation against a memory bank (Wu et al. 2018, eqs. 5-7; CMC reuses it).
+
+    pos: (n,) similarity of each feature to its own bank entry; neg: (n, K) to K entries drawn uniformly
+    (noise P_n = 1/N). With P(i|v) = exp(v.f / T) / Z, h = P / (P + K P_n), the loss is
+    -log h(pos) - sum_k log(1 - h(neg_k)), averaged over the batch. `log_z` is the log of the fixed
+    normalising constant (estimated once from the first batch)."""
+    k = neg.shape[1]
+    log_noise = torch.log(torch.tensor(k / num_data, dtype=pos.dtype, device=pos.device))
+    s_pos = pos / temperature - log_z
+    s_neg = neg / temperature - log_z
+    log_h_pos = s_pos - torch.logaddexp(s_pos, log_noise)
+    log_1m_h_neg = log_noise - torch.logaddexp(s_neg, log_noise)
+    return -(log_h_pos + log_1m_h_neg.sum(dim=1)).mean()
+
+
+def nonparametric_softmax(pos: Tensor, neg: Tensor, temperature: float) -> Tensor:
+    """The softmax variant of instance discrimination (Wu et al. 2018, eq. 2, with K sampled entries in
+    place of all N): cross-entropy of the own bank entry against the sampled ones. pos (n,), neg (n, K)."""
+    logits = torch.cat([pos[:, None], neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device))
+
+
+def invariance_spreading(z1: Tensor, z2: Tensor, temperature: float = 0.1, gather: Gather = no_gather) -> Tensor:
+    """Ye et al. 2019 (eqs. 3-6), over both views of the batch as in their code: for each of the 2n
+    anchors a with positive p (its other view),
+        P(j|a) = exp(f_a.f_j / T) / sum_{k != a} exp(f_a.f_k / T),
+        loss_a = -log P(p|a) - sum_{j not in {a, p}} log(1 - P(j|a)),
+    averaged over anchors. The first term alone is NT-Xent; the second spreads the negatives apart.
+    z1, z2: (n, d) this process's embeddings (normalised here); other processes' samples join as negatives."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    a1, a2 = gather(F.normalize(z1, dim=1)), gather(F.normalize(z2, dim=1))
+    n, total = z1.shape[0], a1.shape[0]
+    offset = rank() * n if total != n else 0
+    candidates = torch.cat([a1, a2])  # (2N, d): view-1 block, then view-2 block
+    local = torch.arange(n, device=z.device) + offset
+    self_idx = torch.cat([local, local + total])
+    pos_idx = torch.cat([local + total, local])
+    logits = (z @ candidates.T / temperature)
+    rows = torch.arange(2 * n, device=z.device)
+    logits[rows, self_idx] = float("-inf")
+    log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    pos_term = log_p[rows, pos_idx]
+    neg_mask = torch.ones_like(log_p, dtype=torch.bool)
+    neg_mask[rows, self_idx] = False
+    neg_mask[rows, pos_idx] = False
+    log_1m_p = torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
+    neg_term = torch.where(neg_mask, log_1m_p, torch.zeros_like(log_1m_p)).sum(dim=1)
+    return -(pos_term + neg_term).mean()
+
+
+def moco_v3_contrastive(q: Tensor, k: Tensor, temperature: float = 1.0, gather: Gather = no_gather) -> Tensor:
+    """MoCo v3's `ctr(q, k)` (Chen, Xie, He 2021, algorithm 1): InfoNCE of each query against the keys of
+    the whole (gathered) batch, its own key the positive, scaled by 2T as in the paper's code.
+    q: (n, d) predictions, k: (n, d) momentum keys (no gradient); both normalised here."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    keys = gather(k)
+    n = q.shape[0]
+    offset = rank() * n if keys.shape[0] != n else 0
+    labels = torch.arange(n, device=q.device) + offset
+    return F.cross_entropy(q @ keys.T / temperature, labels) * (2 * temperature)
+
+
+def patch_info_nce(pred: Tensor, target_index: Tensor, candidates: Tensor, gather: Gather = no_gather,
+                   reduction: str = "mean") -> Tensor:
+    """CPC's InfoNCE over patches (van den Oord et al. 2018, eq. 4; Henaff et al. 2020, eq. 3): each
+    prediction scores every patch feature of the (gathered) batch by an unnormalised dot product; the
+    true patch is the positive, all others are negatives.
+    pred: (M, d); target_index: (M,) rows of this process's `candidates` (P, d)."""
+    all_c = gather(candidates)
+    offset = rank() * candidates.shape[0] if all_c.shape[0] != candidates.shape[0] else 0
+    return F.cross_entropy(pred @ all_c.T, target_index + offset, reduction=reduction)

@@ -30,3 +30,33 @@ class FeatureQueue(nn.Module):
         idx = (self.ptr + torch.arange(n, device=keys.device)) % self.size
         self.features[idx] = keys.to(self.features.dtype)
         self.ptr.copy_((self.ptr + n) % self.size)
+
+
+class MemoryBank(nn.Module):
+    """InstDisc's / CMC's memory bank: one L2-normalised feature per training image, refreshed with the
+    feature just computed by a proximal (momentum) step, v_i <- normalise(m v_i + (1 - m) f_i).
+
+    Sized once the data set is known (`resize`); a registered buffer, so checkpoints carry it."""
+
+    def __init__(self, dim: int, size: int = 0):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("features", torch.empty(size, dim))
+        self.resize(size)
+
+    @property
+    def size(self) -> int:
+        return self.features.shape[0]
+
+    def resize(self, size: int) -> None:
+        self.features = F.normalize(torch.randn(size, self.dim, device=self.features.device), dim=1)
+
+    @torch.no_grad()
+    def sample(self, n: int, k: int) -> Tensor:
+        """`(n, k)` indices drawn uniformly (the noise distribution of NCE)."""
+        return torch.randint(0, self.size, (n, k), device=self.features.device)
+
+    @torch.no_grad()
+    def update(self, index: Tensor, feats: Tensor, momentum: float) -> None:
+        mixed = self.features[index] * momentum + feats.detach().to(self.features.dtype) * (1 - momentum)
+        self.features[index] = F.normalize(mixed, dim=1)

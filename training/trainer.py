@@ -26,6 +26,7 @@ from training import distributed as dist_utils
 from training.augment import CPUViewMaker, GPUViewMaker
 from training.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import TrainConfig, build_method_config
+from training.contrastive_crop import ContrastiveCrop
 from training.data import ImageData, ViewDataset, collate_views, epoch_indices, load_dataset
 from training.errors import CheckpointError, ConfigError
 from training.methods import Method, get_method
@@ -89,6 +90,11 @@ class Trainer:
             self.method.to(memory_format=torch.channels_last)
         self.amp = cfg.amp if cfg.amp is not None else cuda
         self.gpu_augment = (cfg.gpu_augment if cfg.gpu_augment is not None else cuda) and self.data.in_memory
+        # Crops that depend on the image (ContrastiveCrop's boxes) are made per sample on the CPU.
+        self.crop = ContrastiveCrop(len(self.data), cfg.epochs) if cfg.crop == "contrastive" else None
+        if self.crop is not None and self.gpu_augment:
+            log.info("--crop contrastive makes views on the CPU (per-image boxes); GPU augmentation is off")
+            self.gpu_augment = False
 
         self.view_spec = self.method.view_spec(self.image_size)
         mean, std = encoder.preprocessing.mean, encoder.preprocessing.std
@@ -123,7 +129,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     def method_crop_fn(self) -> Any:
-        return None
+        return self.crop
+
+    def _on_epoch_start(self, epoch: int) -> None:
+        """Per-epoch state of the view pipeline, refreshed before the epoch's loader is made."""
+        if self.crop is not None and self.crop.due(epoch):
+            self.crop.refresh(self.method.encoder, self.data, self.image_size, self.device, epoch)
 
     def fit(self) -> Path:
         """Train to the end (or `max_steps`), checkpointing on the way; returns the encoder folder."""
@@ -146,6 +157,7 @@ class Trainer:
         with bar:
             while self.step < stop_at:
                 epoch, skip = divmod(self.step, self.steps_per_epoch)
+                self._on_epoch_start(epoch)
                 for views, index in self._batches(epoch, skip):
                     logs = self._train_step(views, index)
                     self.step += 1
@@ -231,7 +243,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "method_name": self.cfg.method, "arch": self.cfg.arch,
                 "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(), "config": self.cfg.to_dict()}
+                "rng": rng_state(), "config": self.cfg.to_dict(),
+                **({"crop": self.crop.state_dict()} if self.crop is not None else {})}
 
     def save(self) -> None:
         if self.rank == 0:
@@ -250,6 +263,8 @@ class Trainer:
         except RuntimeError as e:
             raise CheckpointError(f"{self.out / LAST} does not fit this model: {str(e).splitlines()[0]}") from e
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.crop is not None and "crop" in state:
+            self.crop.load_state_dict(state["crop"])
         for g in self.optimizer.param_groups:
             g.setdefault("base_weight_decay", g["weight_decay"])
         self.step = int(state["step"])
