@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from service.settings import DEFAULT_MODEL_DIR, PACKAGE_DIR, Settings
+from service.settings import PACKAGE_DIR, Settings
 
 log = logging.getLogger("service")
 
@@ -53,7 +53,7 @@ def _check_model(settings: Settings) -> None:
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return
     if settings.model is None:
-        sys.exit(f"error: no --model given, and the bundled default model is missing: {DEFAULT_MODEL_DIR} needs "
+        sys.exit(f"error: no --model given, and the bundled default model is missing: {folder} needs "
                  "config.json and model.safetensors.\nServe a model folder with `python -m service --model "
                  "FOLDER`, or put the default model there (README.md, section Serve).")
     sys.exit(f"error: {folder} is not a model folder: it needs config.json and model.safetensors "

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1)
     formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
 
+    default_model_dir: Path = Field(DEFAULT_MODEL_DIR, description="the model served when no --model is given")
+
     # Galleries.
     default_gallery: str = "default"
     default_gallery_dir: Path | None = Field(
@@ -65,7 +67,7 @@ class Settings(BaseSettings):
     def model_folder(self) -> Path:
         """The folder to serve: `model` as a path, else as a zoo name or hf:// reference (fetched into the cache)."""
         if not self.model:
-            return DEFAULT_MODEL_DIR
+            return self.default_model_dir
         if Path(self.model).is_dir():
             return Path(self.model)
         from zoo.weights import resolve

@@ -44,10 +44,9 @@ def test_acknowledged_inserts_survive_sigkill_and_restart(tmp_path):
 
 
 def test_missing_default_model_is_explained(tmp_path):
-    if (ROOT / "service" / "default" / "model" / "config.json").is_file():
-        return  # the bundled model is present: nothing is missing
-    r = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ZOO_DEFAULT_MODEL_DIR": str(tmp_path / "no-model")}
+    r = subprocess.run([sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode != 0
     assert "default model is missing" in r.stderr and "--model" in r.stderr
 
