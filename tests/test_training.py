@@ -14,8 +14,10 @@ from training.trainer import Trainer
 
 
 def tiny_cfg(tmp_path, method="simclr", **kw):
+    # In-process loading and NCHW keep these tiny runs fast; one resume test runs with a worker process.
     base = dict(method=method, arch="resnet18_cifar", data="tiny", out=str(tmp_path / "run"), epochs=2,
                 batch_size=16, image_size=16, checkpoint_every=3, log_every=1, progress=False, seed=3,
+                num_workers=0, channels_last=False,
                 method_options={"queue_size": 64} if method == "mocov2" else {})
     base.update(kw)
     return TrainConfig(**base)
@@ -36,7 +38,7 @@ def test_fit_writes_the_run_folder_and_a_loadable_encoder(tmp_path, tiny_data):
     train_enc = trainer.method.encoder_for_export().eval().float()
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(enc(x), train_enc(x.contiguous(memory_format=torch.channels_last)), atol=1e-5)
+        assert torch.allclose(enc(x), train_enc(x), atol=1e-5)
     cfg = zoo.read_config(folder)
     assert cfg["zoo"]["method"] == "simclr" and cfg["zoo"]["train_config"]["total_steps"] == 4
 
@@ -45,9 +47,9 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2"])
-def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, tiny_data, method):
-    straight = Trainer(tiny_cfg(tmp_path / "a", method), dataset=tiny_data)
+@pytest.mark.parametrize("method,workers", [("simclr", 1), ("mocov2", 0)])
+def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, tiny_data, method, workers):
+    straight = Trainer(tiny_cfg(tmp_path / "a", method, num_workers=workers), dataset=tiny_data)
     straight.fit()
 
     def crash_after_5(trainer, step, logs):
@@ -55,9 +57,10 @@ def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, 
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        Trainer(tiny_cfg(tmp_path / "b", method), dataset=tiny_data, callbacks=[crash_after_5]).fit()
+        Trainer(tiny_cfg(tmp_path / "b", method, num_workers=workers), dataset=tiny_data,
+                callbacks=[crash_after_5]).fit()
     assert load_checkpoint(tmp_path / "b" / "run" / LAST)["step"] == 3  # work after the checkpoint is lost
-    resumed = Trainer(tiny_cfg(tmp_path / "b", method, resume=True), dataset=tiny_data)
+    resumed = Trainer(tiny_cfg(tmp_path / "b", method, resume=True, num_workers=workers), dataset=tiny_data)
     resumed.fit()
     a, b = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
     assert len(a) == len(b) == 8
