@@ -38,7 +38,7 @@ def tiny_data(n: int = 16, size: int = 8) -> ImageData:
 
 def config(out: Path, method: str, **kw: object) -> TrainConfig:
     base = dict(method=method, arch="resnet18_cifar", data="tiny", out=str(out), epochs=1, batch_size=4,
-                image_size=8, device="cpu", channels_last=False, checkpoint_every=2, log_every=1, progress=False,
+                image_size=8, device="cpu", channels_last=False, num_workers=0, checkpoint_every=2, log_every=1, progress=False,
                 method_options=dict(TINY.get(method, {})))
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]

@@ -63,7 +63,7 @@ def _config(case: str, out) -> TrainConfig:
     arch, options = TINY[case]
     return TrainConfig(method=case.split("-")[0], arch=arch, data="tiny", out=str(out), epochs=EPOCHS,
                        batch_size=BATCH, image_size=16, device="cpu", seed=0, checkpoint_every=2, log_every=1,
-                       progress=False, method_options=dict(options))
+                       progress=False, num_workers=0, channels_last=False, method_options=dict(options))
 
 
 class _Snapshots:

@@ -108,6 +108,13 @@ def _training_section(meta: dict[str, Any]) -> list[str]:
                   f"{source.get('sha256') or 'not recorded'}.", ""]
     if meta.get("epochs") is not None:
         lines += [f"Epochs: {meta['epochs']}.", ""]
+    budget = meta.get("budget")
+    if isinstance(budget, dict) and budget.get("train_seconds") is not None:
+        lines += [f"Trained in {budget['train_seconds'] / 60:.1f} min wall clock ({budget.get('steps')} steps x batch "
+                  f"{budget.get('batch_size')}, {budget.get('train_images')} training images) on "
+                  f"{budget.get('machine', 'an unrecorded machine')}; made by `{budget.get('command', '?')}`.", ""]
+    for name, b in (meta.get("baselines") or {}).items():
+        lines += [f"Baseline, {name}: {b.get('metric')} {b.get('value'):.2f} (`{b.get('command', '?')}`).", ""]
     if meta.get("train_config"):
         lines += ["Recipe (`zoo.train_config`):", "", "```json", json.dumps(meta["train_config"], indent=2), "```", ""]
     elif not source:
