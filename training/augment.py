@@ -94,6 +94,17 @@ def multicrop_views(global_size: int, local_size: int, num_local: int,
     return ViewSpec((g1, g2, *([loc] * num_local)))
 
 
+def multicrop_for_image(image_size: int, num_local: int, local_size: int, default_local_small: int,
+                        default_local_large: int, global_scale: tuple[float, float],
+                        local_scale: tuple[float, float], asymmetric: bool = False) -> ViewSpec:
+    """Multi-crop sized to the image: below 224 px the small crops are half the image and
+    `default_local_small` in number, else 96 px and `default_local_large` (negative / 0 mean: the default)."""
+    small = image_size < 224
+    n = num_local if num_local >= 0 else (default_local_small if small else default_local_large)
+    size = local_size or (image_size // 2 if small else 96)
+    return multicrop_views(image_size, size, n, global_scale, local_scale, asymmetric=asymmetric)
+
+
 def blur_kernel_size(size: int) -> int:
     k = max(3, int(0.1 * size))  # SimCLR: 10% of the image side
     return k if k % 2 == 1 else k + 1

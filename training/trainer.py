@@ -32,7 +32,7 @@ from training.errors import CheckpointError, ConfigError
 from training.methods import Method, get_method
 from training.optim import build_optimizer, cosine_with_warmup, set_lr
 from training.syncbn import convert_sync_batchnorm
-from zoo.atomic import write_json_atomic
+from zoo.atomic import atomic_write, write_json_atomic
 from zoo.backbones import build_encoder
 from zoo.folder import save_encoder
 
@@ -279,8 +279,6 @@ class Trainer:
             return
         kept = [line for line in self.metrics_path.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= step]
-        from zoo.atomic import atomic_write
-
         atomic_write(self.metrics_path, lambda p: p.write_text("".join(x + "\n" for x in kept)))
 
     # Export ---------------------------------------------------------------------------------------------

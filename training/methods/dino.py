@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from training.augment import ViewSpec, multicrop_views
+from training.augment import ViewSpec, multicrop_for_image
 from training.config import DINOConfig
 from training.distributed import gather_no_grad
 from training.heads import DINOHead
@@ -47,11 +47,8 @@ class DINO(Method):
 
     def view_spec(self, image_size: int) -> ViewSpec:
         c = self.cfg
-        small = image_size < 224
-        num_local = c.num_local_crops if c.num_local_crops >= 0 else (6 if small else 10)
-        local = c.local_crop_size or (image_size // 2 if small else 96)
-        return multicrop_views(image_size, local, num_local, c.global_crops_scale, c.local_crops_scale,
-                               asymmetric=True)
+        return multicrop_for_image(image_size, c.num_local_crops, c.local_crop_size, 6, 10, c.global_crops_scale,
+                                   c.local_crops_scale, asymmetric=True)
 
     def momentum_networks(self) -> list[nn.Module]:
         return [self.teacher_encoder, self.teacher_head]

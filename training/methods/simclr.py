@@ -9,6 +9,7 @@ large batches (negatives are gathered across processes), LARS, and batch norm ov
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from training.augment import ViewSpec, simclr_views
@@ -33,12 +34,7 @@ class SimCLR(Method):
     def forward(self, views: list[Tensor], step: int, index: Tensor | None = None) -> dict[str, Tensor]:
         x1, x2 = views
         # One pass over both views: batch-norm statistics cover the whole batch, as in the paper.
-        z = self.projector(self.encoder(_cat(x1, x2)))
+        z = self.projector(self.encoder(torch.cat([x1, x2])))
         z1, z2 = z.chunk(2)
         return {"loss": nt_xent(z1, z2, self.cfg.temperature, self.gather)}
 
-
-def _cat(a: Tensor, b: Tensor) -> Tensor:
-    import torch
-
-    return torch.cat([a, b], dim=0)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from training.augment import ViewSpec, multicrop_views
+from training.augment import ViewSpec, multicrop_for_image
 from training.config import SwAVConfig
 from training.distributed import all_reduce_sum, world_size
 from training.heads import Prototypes, projection_head
@@ -41,10 +41,8 @@ class SwAV(Method):
 
     def view_spec(self, image_size: int) -> ViewSpec:
         c = self.cfg
-        small = image_size < 224
-        num_local = c.num_local_crops if c.num_local_crops >= 0 else (4 if small else 6)
-        local = c.local_crop_size or (image_size // 2 if small else 96)
-        return multicrop_views(image_size, local, num_local, c.global_crops_scale, c.local_crops_scale)
+        return multicrop_for_image(image_size, c.num_local_crops, c.local_crop_size, 4, 6, c.global_crops_scale,
+                                   c.local_crops_scale)
 
     def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
