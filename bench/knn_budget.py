@@ -9,11 +9,23 @@ a few steps first, and its run is sized to the number of steps the budget allows
 JSON (one row per method, plus the random-init baseline). Columns: steps done, images/s, wall time, kNN
 top-1/top-5 on the 10,000 test images (gallery: the first --gallery train images), and the collapse check:
 std of the L2-normalised test embeddings times sqrt(D) (about 1 when spread out, 0 when collapsed).
+
+Two things differ per method, both printed in the JSON so the table can be reproduced:
+- Memory-bank methods (InstDisc, CMC) make several passes over a smaller prefix of the training set: a bank
+  entry is the image's feature from its previous visit, so a single pass scores every image against a random
+  vector. `--min-epochs METHOD=N` changes it.
+- Short-run options (SHORT_RUN_OPTIONS): the papers' EMA momenta and queue lengths are set for runs of
+  hundreds of thousands of steps. In a few hundred, a 0.996-0.999 momentum network hardly leaves its random
+  init (DINO exports it), and a 65536-key queue is mostly the random vectors it starts with: momentum 0.99
+  and a 4096-key queue here, and a 4096-way DINO head. `--option METHOD:KEY=VALUE` overrides them.
+A method whose exported encoder is a composite of the backbone (CPC's patch grid, CMC's L/ab halves, SimCLR
+v2's backbone plus head layer) is compared with a random init of that same composite as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import shutil
@@ -33,6 +45,7 @@ from training.evaluate import extract_features, knn_classify  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 from zoo.atomic import write_json_atomic  # noqa: E402
 from zoo.backbones import build_encoder  # noqa: E402
+from zoo.folder import read_config  # noqa: E402
 
 
 def embedding_spread(features: torch.Tensor) -> float:
@@ -47,14 +60,32 @@ def score(encoder, gallery, test, k: int, temperature: float) -> dict:
     return {"knn_top1": r.top1, "knn_top5": r.top5, "embedding_std": embedding_spread(fte)}
 
 
+MIN_EPOCHS = {"instdisc": 4, "cmc": 4}
+SHORT_RUN_OPTIONS = {"dino": {"momentum_teacher": "0.99", "out_dim": "4096"},
+                     "byol": {"momentum_ema": "0.99"},
+                     "mocov1": {"queue_size": "4096", "momentum_ema": "0.99"},
+                     "mocov2": {"queue_size": "4096", "momentum_ema": "0.99"}}
+
+
+def random_twin(folder: Path, seed: int):
+    """The encoder a folder holds, at random initialisation (same arch and arguments)."""
+    from zoo.backbones import Preprocessing
+
+    cfg = read_config(folder)
+    torch.manual_seed(seed)
+    return build_encoder(cfg["zoo"]["arch"], preprocessing=Preprocessing.from_dict(cfg.get("pretrained_cfg", {})),
+                         **cfg.get("model_args", {})).eval()
+
+
 def run_method(method: str, args, train_all, gallery, test) -> dict:
     out = Path(args.runs) / f"{method}_{args.arch}"
+    options = {**SHORT_RUN_OPTIONS.get(method, {}), **args.option.get(method, {})}
     base = TrainConfig(method=method, arch=args.arch, data="cifar10", out=str(out), epochs=1,
                        batch_size=args.batch_size, seed=args.seed, checkpoint_every=10**9, log_every=10,
-                       progress=True, device="cpu", method_options=dict(args.option.get(method, {})))
+                       progress=True, device="cpu", method_options=options)
     shutil.rmtree(out, ignore_errors=True)  # this script owns its run folders
     s_per_step = seconds_per_step(base, train_all, args.probe_steps)
-    cfg = budget_config(base, train_all, args.minutes, s_per_step)
+    cfg = budget_config(base, train_all, args.minutes, s_per_step, min_epochs=args.min_epochs.get(method, 1))
     limit, epochs = cfg.limit_train, cfg.epochs
     t0 = time.perf_counter()
     trainer = Trainer(cfg, dataset=train_all.subset(limit))
@@ -64,8 +95,13 @@ def run_method(method: str, args, train_all, gallery, test) -> dict:
 
     row = {"method": method, "arch": args.arch, "steps": trainer.step, "epochs": epochs, "train_images": limit,
            "batch_size": args.batch_size, "train_seconds": wall, "images_per_s": trainer.step * args.batch_size / wall,
-           "probe_seconds_per_step": s_per_step, "encoder": str(folder)}
+           "probe_seconds_per_step": s_per_step, "method_options": options, "encoder": str(folder),
+           "command": "python " + " ".join(sys.argv)}
     row.update(score(zoo.load(str(folder), device="cpu"), gallery, test, args.k, args.temperature))
+    exported_arch = read_config(folder)["zoo"]["arch"]
+    if exported_arch != args.arch:
+        twin = score(random_twin(folder, args.seed), gallery, test, args.k, args.temperature)
+        row["random_init_same_encoder"] = {"arch": exported_arch, **twin}
     return row
 
 
@@ -91,25 +127,52 @@ def main() -> None:
     p.add_argument("--probe-steps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", default=[], help="METHOD:KEY=VALUE method option")
+    p.add_argument("--min-epochs", action="append", default=[], help="METHOD=N passes at least (default: "
+                   + ", ".join(f"{k}={v}" for k, v in MIN_EPOCHS.items()) + ")")
     p.add_argument("--runs", default="runs/knn_budget")
     p.add_argument("--out", default="bench/results/knn_budget.json")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other methods' rows of an existing --out (same settings) and replace these")
     args = p.parse_args()
     args.option = parse_options(args.option)
+    args.min_epochs = {**MIN_EPOCHS, **{m: int(n) for m, n in (item.split("=", 1) for item in args.min_epochs)}}
     torch.manual_seed(args.seed)
 
     train_all = load_dataset("cifar10", "train")
     gallery = train_all.subset(args.gallery)
     test = load_dataset("cifar10", "test")
-    rows = []
+    rows = _previous_rows(args) if args.update else []
     random_init = build_encoder(args.arch, image_size=32, dataset="cifar10").eval()
-    rows.append({"method": "random-init", "arch": args.arch, "steps": 0, "images_per_s": None,
-                 **score(random_init, gallery, test, args.k, args.temperature)})
+    _put(rows, {"method": "random-init", "arch": args.arch, "steps": 0, "images_per_s": None,
+                **score(random_init, gallery, test, args.k, args.temperature)})
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        rows.append(run_method(method, args, train_all, gallery, test))
+        _put(rows, run_method(method, args, train_all, gallery, test))
         _write(args, rows)
         _print(rows)
     _write(args, rows)
     _print(rows)
+
+
+def _previous_rows(args) -> list[dict]:
+    path = Path(args.out)
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    same = {"minutes_per_method": args.minutes, "arch": args.arch, "batch_size": args.batch_size,
+            "gallery_train_images": args.gallery}
+    differs = {k: (old.get(k), v) for k, v in same.items() if old.get(k) != v}
+    if differs:
+        sys.exit(f"error: --update needs the settings of {path}; these differ (old, new): {differs}")
+    return old["rows"]
+
+
+def _put(rows: list[dict], row: dict) -> None:
+    """Replace the row of the same method, or append."""
+    for i, r in enumerate(rows):
+        if r["method"] == row["method"]:
+            rows[i] = row
+            return
+    rows.append(row)
 
 
 def _write(args, rows) -> None:
@@ -122,12 +185,18 @@ def _write(args, rows) -> None:
 
 
 def _print(rows) -> None:
-    print(f"\n{'method':<14}{'steps':>7}{'img/s':>8}{'minutes':>9}{'kNN top-1':>11}{'top-5':>8}{'emb std':>9}")
+    base = rows[0]["knn_top1"]
+    print(f"\n{'method':<14}{'steps':>7}{'epochs':>7}{'img/s':>8}{'minutes':>9}{'kNN top-1':>11}{'top-5':>8}"
+          f"{'emb std':>9}{'random init':>13}")
     for r in rows:
         ips = f"{r['images_per_s']:.1f}" if r.get("images_per_s") else "-"
         mins = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "-"
-        print(f"{r['method']:<14}{r['steps']:>7}{ips:>8}{mins:>9}{r['knn_top1']:>11.4f}{r['knn_top5']:>8.4f}"
-              f"{r['embedding_std']:>9.3f}")
+        twin = r.get("random_init_same_encoder")
+        ref = f"{twin['knn_top1']:.4f}*" if twin else f"{base:.4f}"
+        print(f"{r['method']:<14}{r['steps']:>7}{r.get('epochs', '-'):>7}{ips:>8}{mins:>9}{r['knn_top1']:>11.4f}"
+              f"{r['knn_top5']:>8.4f}{r['embedding_std']:>9.3f}{ref:>13}")
+    if any(r.get("random_init_same_encoder") for r in rows):
+        print("* random init of the method's own composite encoder (same arch and arguments as it exports)")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def main() -> None:
     p.add_argument("--runs", default="runs/default_model")
     p.add_argument("--dest", default=str(ROOT / "service" / "default" / "model"))
     p.add_argument("--lr", type=float, default=5e-4, help="peak AdamW lr (the paper's base lr, unscaled: short run)")
+    p.add_argument("--color-strength", type=float, default=1.0, help="scale DINO's colour distortion (0: none)")
     p.add_argument("--option", action="append", default=[],
                    help="DINO option KEY=VALUE, added to the short-run defaults below")
     args = p.parse_args()
@@ -68,7 +69,7 @@ def main() -> None:
     data = load_dataset("imagenette", "train")
     base = TrainConfig(method="dino", arch="vit_tiny_p8", data="imagenette", out=args.runs, epochs=1,
                        batch_size=args.batch_size, device="cpu", checkpoint_every=50, log_every=5, lr=args.lr,
-                       method_options=options)
+                       color_strength=args.color_strength, method_options=options)
     shutil.rmtree(args.runs, ignore_errors=True)
     s_per_step = seconds_per_step(base, data, probe_steps=2)
     cfg = budget_config(base, data, args.minutes, s_per_step)

@@ -5,9 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from training.augment import CPUViewMaker, byol_views, mocov2_views, multicrop_views, simclr_views
+from training.augment import (
+    CPUViewMaker,
+    byol_views,
+    mocov2_views,
+    multicrop_views,
+    simclr_views,
+    with_color_strength,
+)
 from training.data import ViewDataset, epoch_indices, load_dataset
-from training.errors import DataNotFoundError
+from training.errors import ConfigError, DataNotFoundError
 
 
 def test_missing_data_says_where_it_looked(tmp_path):
@@ -98,3 +105,16 @@ def test_batched_views_on_the_device_path(tiny_data):
     v1, v2 = maker(batch)
     assert v1.shape == v2.shape == (8, 3, 16, 16) and not torch.equal(v1, v2)
     assert abs(float(v1.mean())) < 3 and v1.dtype == torch.float32
+
+
+def test_color_strength_scales_or_removes_the_colour_distortion():
+    spec = byol_views(32)
+    assert with_color_strength(spec, 1.0) is spec
+    half = with_color_strength(spec, 0.5)
+    assert [v.jitter for v in half.views] == [tuple(0.5 * j for j in v.jitter) for v in spec.views]
+    assert [v.grayscale_p for v in half.views] == [v.grayscale_p for v in spec.views]
+    none = with_color_strength(spec, 0.0)
+    assert all(v.jitter_p == v.grayscale_p == v.solarize_p == 0 for v in none.views)
+    assert [(v.scale, v.blur_p, v.flip_p) for v in none.views] == [(v.scale, v.blur_p, v.flip_p) for v in spec.views]
+    with pytest.raises(ConfigError, match="color-strength"):
+        with_color_strength(spec, -1)

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--crop", default="random", choices=["random", "contrastive"],
                      help="how views are cropped: random resized crops, or ContrastiveCrop (Peng et al. 2022: "
                      "after a warm-up, crops centred inside boxes from the model's own heat maps)")
+    fit.add_argument("--color-strength", type=float, default=1.0,
+                     help="scale the method's colour jitter (SimCLR's distortion strength); 0 turns colour "
+                     "jitter, grayscale and solarize off")
     fit.add_argument("-o", "--method-option", action="append", default=[], metavar="KEY=VALUE",
                      help="override a method hyperparameter, e.g. -o temperature=0.2 -o queue_size=4096")
 
@@ -118,7 +121,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                       channels_last=args.channels_last, compile=args.compile, sync_bn=args.sync_bn,
                       gpu_augment=args.gpu_augment, checkpoint_every=args.checkpoint_every,
                       log_every=args.log_every, max_steps=args.max_steps, progress=not args.no_progress,
-                      crop=args.crop,
+                      crop=args.crop, color_strength=args.color_strength,
                       method_options=_parse_options(args.method_option))
     from zoo.backbones import arch_spec
 

@@ -105,6 +105,24 @@ def multicrop_for_image(image_size: int, num_local: int, local_size: int, defaul
     return multicrop_views(image_size, size, n, global_scale, local_scale, asymmetric=asymmetric)
 
 
+def with_color_strength(spec: ViewSpec, strength: float) -> ViewSpec:
+    """`spec` with its colour distortion scaled, SimCLR's "strength" knob for any method: 1 keeps the
+    method's views, 0.5 halves the jitter magnitudes, 0 turns jitter, grayscale and solarize off (a run far
+    too short to learn colour invariance keeps the colour cues instead)."""
+    if strength < 0:
+        raise ConfigError(f"--color-strength {strength}: use a value >= 0 (1 keeps the method's views)")
+    if strength == 1:
+        return spec
+    off = strength == 0
+
+    def scaled(vc: ViewConfig) -> ViewConfig:
+        b, c, s, h = (strength * j for j in vc.jitter)
+        return replace(vc, jitter=(b, c, s, min(h, 0.5)), jitter_p=0.0 if off else vc.jitter_p,
+                       grayscale_p=0.0 if off else vc.grayscale_p, solarize_p=0.0 if off else vc.solarize_p)
+
+    return ViewSpec(tuple(scaled(vc) for vc in spec.views))
+
+
 def blur_kernel_size(size: int) -> int:
     k = max(3, int(0.1 * size))  # SimCLR: 10% of the image side
     return k if k % 2 == 1 else k + 1

@@ -33,10 +33,12 @@ def seconds_per_step(cfg: TrainConfig, data: ImageData, probe_steps: int = 3) ->
     return sum(times) / len(times)
 
 
-def budget_config(cfg: TrainConfig, data: ImageData, minutes: float, s_per_step: float) -> TrainConfig:
-    """`cfg` with epochs and limit_train set so the run takes about `minutes` at `s_per_step`."""
+def budget_config(cfg: TrainConfig, data: ImageData, minutes: float, s_per_step: float,
+                  min_epochs: int = 1) -> TrainConfig:
+    """`cfg` with epochs and limit_train set so the run takes about `minutes` at `s_per_step`, in at least
+    `min_epochs` passes over a prefix of `data` (memory-bank methods need several)."""
     steps = max(1, int(minutes * 60 / s_per_step))
     images = steps * cfg.batch_size
-    epochs = max(1, math.ceil(images / len(data)))
+    epochs = max(min_epochs, math.ceil(images / len(data)))
     limit = min(len(data), math.ceil(images / epochs / cfg.batch_size) * cfg.batch_size)
     return dataclasses.replace(cfg, epochs=epochs, limit_train=limit)

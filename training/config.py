@@ -97,6 +97,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop (and checkpoint) after this many steps in total
     progress: bool = True
     crop: str = "random"  # random | contrastive (ContrastiveCrop, Peng et al. 2022)
+    color_strength: float = 1.0  # scales the method's colour distortion; 0: none (augment.with_color_strength)
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -154,7 +155,7 @@ class SwAVConfig(MethodConfig):
     """SwAV (Caron et al. 2020): LARS lr 4.8 at batch 4096 (0.3 x B/256), wd 1e-6, 10 warm-up epochs;
     2048-128 projector, 3000 prototypes, temperature 0.1, Sinkhorn eps 0.05 x 3 iterations,
     multi-crop 2x224 (scale 0.14-1) + 6x96 (0.05-0.14); prototypes frozen for the first epoch (the authors
-    freeze 313 iterations, one epoch at batch 4096). Small data: fewer prototypes (e.g. -o num_prototypes=100
+    freeze 313 iterations, one epoch at batch 4096; at most a tenth of a short run here). Small data: fewer prototypes (e.g. -o num_prototypes=100
     on CIFAR-10), and a queue (the authors use 3840 for batches of 256, from epoch 15)."""
 
     optimizer: ClassVar[str] = "lars"
@@ -217,10 +218,10 @@ class DINOConfig(MethodConfig):
     head 2048-2048-256 then a weight-normalised layer to 65536 (fewer for small data, e.g.
     -o out_dim=4096), student temperature 0.1, teacher 0.04 (warm-up schedule from warmup_teacher_temp
     over 30 epochs; the paper's long ViT-S runs go 0.04 -> 0.07), centre momentum 0.9, teacher EMA
-    0.996 -> 1, gradients clipped at 3.0 per parameter, last layer frozen for epoch 1; multi-crop 2 global
-    (scale 0.4-1) + 10 local (0.05-0.4) at 224 px, 2 + 6 at half size below (2x32 + 6x16 on CIFAR-10,
-    2x96 + 6x48 on Imagenette 96 px). The authors' ResNet-50 run uses SGD lr 0.03, wd 1e-4 and SwAV's
-    crop scales: pass --optimizer sgd --lr ... -o global_crops_scale=0.14,1 ... for it."""
+    0.996 -> 1, gradients clipped at 3.0 per parameter, last layer frozen for epoch 1 (at most a tenth of
+    a short run); multi-crop 2 global (scale 0.4-1) + 10 local (0.05-0.4) at 224 px, 2 + 6 at half size
+    below (2x32 + 6x16 on CIFAR-10, 2x96 + 6x48 on Imagenette 96 px). The authors' ResNet-50 run uses SGD
+    lr 0.03, wd 1e-4 and SwAV's crop scales: pass --optimizer sgd --lr ... -o global_crops_scale=0.14,1 ... for it."""
 
     optimizer: ClassVar[str] = "adamw"
     base_lr: ClassVar[float] = 0.0005

@@ -61,6 +61,12 @@ def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum
     raise ConfigError(f"unknown optimizer {name!r}; choose sgd, lars or adamw")
 
 
+def early_phase_steps(epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Steps of a phase the paper states in epochs (lr warm-up, a frozen last layer or prototypes), at most a
+    tenth of the run: on a short run, "the first epoch" would otherwise be all of it."""
+    return min(int(round(epochs * steps_per_epoch)), total_steps // 10)
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int, base: float, final: float = 0.0) -> float:
     """Linear warm-up from 0 to `base` over `warmup` steps, then half a cosine from `base` to `final`."""
     if warmup > 0 and step < warmup:

@@ -23,14 +23,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from training import distributed as dist_utils
-from training.augment import CPUViewMaker, GPUViewMaker
+from training.augment import CPUViewMaker, GPUViewMaker, with_color_strength
 from training.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import TrainConfig, build_method_config
 from training.contrastive_crop import ContrastiveCrop
 from training.data import ImageData, ViewDataset, collate_views, epoch_indices, load_dataset
 from training.errors import CheckpointError, ConfigError
 from training.methods import Method, get_method
-from training.optim import build_optimizer, cosine_with_warmup, set_lr
+from training.optim import build_optimizer, cosine_with_warmup, early_phase_steps, set_lr
 from training.syncbn import convert_sync_batchnorm
 from zoo.atomic import atomic_write, write_json_atomic
 from zoo.backbones import build_encoder
@@ -96,7 +96,7 @@ class Trainer:
             log.info("--crop contrastive makes views on the CPU (per-image boxes); GPU augmentation is off")
             self.gpu_augment = False
 
-        self.view_spec = self.method.view_spec(self.image_size)
+        self.view_spec = with_color_strength(self.method.view_spec(self.image_size), cfg.color_strength)
         mean, std = encoder.preprocessing.mean, encoder.preprocessing.std
         self.cpu_views = CPUViewMaker(self.view_spec, mean, std, crop_fn=self.method_crop_fn())
         self.gpu_views = GPUViewMaker(self.view_spec, mean, std).to(self.device) if self.gpu_augment else None
@@ -106,8 +106,7 @@ class Trainer:
         self.base_lr = cfg.lr if cfg.lr is not None else mc.base_lr * self.global_batch / 256
         self.weight_decay = cfg.weight_decay if cfg.weight_decay is not None else mc.weight_decay
         warmup_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else mc.warmup_epochs
-        # Short runs keep the paper's warm-up from eating the whole schedule: at most a tenth of it.
-        self.warmup_steps = min(int(round(warmup_epochs * self.steps_per_epoch)), self.total_steps // 10)
+        self.warmup_steps = early_phase_steps(warmup_epochs, self.steps_per_epoch, self.total_steps)
         self.optimizer = build_optimizer(self.optimizer_name, self.method.param_groups(self.weight_decay),
                                          self.base_lr, mc.momentum, self.device)
         for g in self.optimizer.param_groups:

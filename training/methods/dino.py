@@ -25,7 +25,7 @@ from training.heads import DINOHead
 from training.losses import dino_center_update, dino_loss
 from training.methods.base import Method, ema_update, momentum_copy
 from training.methods.multicrop import multicrop_forward
-from training.optim import cosine_with_warmup
+from training.optim import cosine_with_warmup, early_phase_steps
 from zoo.backbones import Encoder
 
 NUM_GLOBAL = 2
@@ -44,6 +44,7 @@ class DINO(Method):
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.steps_per_epoch = 1
         self.total_epochs = 1
+        self.frozen_steps = 0
 
     def view_spec(self, image_size: int) -> ViewSpec:
         c = self.cfg
@@ -59,6 +60,7 @@ class DINO(Method):
     def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
         self.total_epochs = max(1, total_steps // steps_per_epoch)
+        self.frozen_steps = early_phase_steps(self.cfg.freeze_last_layer_epochs, steps_per_epoch, total_steps)
 
     def teacher_temperature(self, epoch: int) -> float:
         """Linear warm-up from warmup_teacher_temp to teacher_temp over the first epochs, per epoch as the
@@ -83,7 +85,7 @@ class DINO(Method):
         if self.cfg.clip_grad > 0:
             clip_per_parameter(self.encoder.parameters(), self.cfg.clip_grad)
             clip_per_parameter(self.head.parameters(), self.cfg.clip_grad)
-        if step < self.cfg.freeze_last_layer_epochs * steps_per_epoch:
+        if step < self.frozen_steps:
             for p in self.head.last_layer.parameters():
                 p.grad = None
 

@@ -22,6 +22,7 @@ from training.heads import Prototypes, projection_head
 from training.losses import sinkhorn, swav_loss
 from training.methods.base import Method
 from training.methods.multicrop import multicrop_forward
+from training.optim import early_phase_steps
 from zoo.backbones import Encoder
 
 NUM_LARGE = 2  # the crops codes are computed for ("crops_for_assign")
@@ -38,6 +39,7 @@ class SwAV(Method):
         # Embeddings of the large crops of earlier batches (newest first), per process; all zeros = not full.
         self.register_buffer("queue", torch.zeros(NUM_LARGE, cfg.queue_length // world_size(), cfg.proj_dim))
         self.steps_per_epoch = 1
+        self.frozen_steps = 0
 
     def view_spec(self, image_size: int) -> ViewSpec:
         c = self.cfg
@@ -46,6 +48,7 @@ class SwAV(Method):
 
     def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
         self.steps_per_epoch = steps_per_epoch
+        self.frozen_steps = early_phase_steps(self.cfg.freeze_prototypes_epochs, steps_per_epoch, total_steps)
 
     def forward(self, views: list[Tensor], step: int, index: Tensor | None = None) -> dict[str, Tensor]:
         b = views[0].shape[0]
@@ -70,7 +73,7 @@ class SwAV(Method):
         return q[-z.shape[0]:]
 
     def before_optimizer_step(self, step: int, steps_per_epoch: int) -> None:
-        if step < self.cfg.freeze_prototypes_epochs * steps_per_epoch:
+        if step < self.frozen_steps:
             self.prototypes.weight.grad = None
 
     def on_step_end(self, step: int, total_steps: int) -> None:
