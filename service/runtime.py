@@ -168,6 +168,10 @@ class OnnxRuntime(Runtime):
         wanted.append("CPUExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads spin-wait by default, taking the cores the event loop and the image decoders
+        # need between batches; a server shares its CPU, so they sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=wanted)
         except Exception as e:  # onnxruntime raises its own untyped errors

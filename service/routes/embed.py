@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.errors import BadRequest, NotFound
@@ -50,7 +51,7 @@ def encode_rows(vectors: np.ndarray, encoding: str) -> list:
              openapi_extra=json_body_doc(EmbedJSON, {"files": {"type": "array", "items": FILE_SCHEMA},
                                                      "normalize": {"type": "boolean"},
                                                      "encoding": {"type": "string", "enum": ["float", "base64"]}}))
-async def embed(request: Request) -> dict:
+async def embed(request: Request) -> JSONResponse:
     """Embeddings of one or many images, in input order: multipart `files`, or JSON `{"images": [...]}`."""
     state = get_state(request)
     payload = await read_payload(request, state.settings.max_images_per_request)
@@ -67,13 +68,14 @@ async def embed(request: Request) -> dict:
     if body.normalize:
         vectors = normalize(vectors)
     rt = state.require_ready()
-    return {"model": rt.info.name, "dim": rt.info.dim, "encoding": body.encoding,
-            "embeddings": encode_rows(vectors, body.encoding)}
+    # A ready JSONResponse skips FastAPI's per-element jsonable_encoder walk over the float lists.
+    return JSONResponse({"model": rt.info.name, "dim": rt.info.dim, "encoding": body.encoding,
+                         "embeddings": encode_rows(vectors, body.encoding)})
 
 
 @router.post("/v1/embeddings", summary="Embed images (OpenAI / infinity shape)",
              openapi_extra=json_body_doc(OpenAIJSON))
-async def openai_embeddings(request: Request) -> dict:
+async def openai_embeddings(request: Request) -> JSONResponse:
     """Drop-in for OpenAI-style embedding clients: `input` holds data: URIs; embeddings are L2-normalised."""
     state = get_state(request)
     payload = await read_payload(request, 0)
@@ -88,7 +90,8 @@ async def openai_embeddings(request: Request) -> dict:
         raise BadRequest("input is empty: give one or more images")
     vectors = normalize(await state.run("embed", await state.decode(b64_images(inputs, "input"))))
     rows = encode_rows(vectors, body.encoding_format)
-    return {"object": "list", "model": rt.info.name,
-            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)],
-            # images have no tokens; one image counts as one unit so that clients reading usage work
-            "usage": {"prompt_tokens": len(rows), "total_tokens": len(rows)}}
+    return JSONResponse({
+        "object": "list", "model": rt.info.name,
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(rows)],
+        # images have no tokens; one image counts as one unit so that clients reading usage work
+        "usage": {"prompt_tokens": len(rows), "total_tokens": len(rows)}})
