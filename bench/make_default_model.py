@@ -87,7 +87,7 @@ def main() -> None:
     meta.update(name=NAME, budget={
         "minutes": args.minutes, "train_seconds": round(train_seconds, 1), "steps": trainer.step,
         "epochs": cfg.epochs, "train_images": cfg.limit_train, "batch_size": cfg.batch_size,
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads (shared with other work)",
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
         "command": "python bench/make_default_model.py " + " ".join(sys.argv[1:])})
     dest = Path(args.dest)
     shutil.rmtree(dest, ignore_errors=True)
