@@ -19,9 +19,9 @@ Two things differ per method, both printed in the JSON so the table can be repro
   init (DINO exports it), and a 65536-key queue is mostly the random vectors it starts with: momentum 0.99
   and a 4096-key queue here, and a 4096-way DINO head with 2 small crops. InstDisc and CMC use the softmax
   variant: NCE's normaliser Z, fixed from the first batch (scored against a random bank), is off by orders of
-  magnitude once the bank holds real features, and the loss diverges. The SGD methods' ImageNet learning rates (0.03-0.06 per
-  256 images) barely move a network in a few hundred steps: they get 0.3 per 256, solo-learn's CIFAR-10 value
-  for MoCo v2+; DINO gets 2e-3. `--option METHOD:KEY=VALUE` and `--lr METHOD=VALUE` override them.
+  magnitude once the bank holds real features, and the loss diverges. The SGD methods' ImageNet learning
+  rates (0.03-0.06 per 256 images) barely move a network in a few hundred steps: they get 0.3 per 256,
+  solo-learn's CIFAR-10 value for MoCo v2+; DINO gets 2e-3. `--option METHOD:KEY=VALUE` and `--lr METHOD=VALUE` override them.
 A method whose exported encoder is a composite of the backbone (CPC's patch grid, CMC's L/ab halves, SimCLR
 v2's backbone plus head layer) is compared with a random init of that same composite as well.
 """
@@ -49,7 +49,7 @@ from training.evaluate import extract_features, knn_classify  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 from zoo.atomic import write_json_atomic  # noqa: E402
 from zoo.backbones import build_encoder  # noqa: E402
-from zoo.folder import read_config  # noqa: E402
+from zoo.folder import build_from_config, read_config  # noqa: E402
 
 
 def embedding_spread(features: torch.Tensor) -> float:
@@ -76,12 +76,8 @@ SHORT_RUN_LR = {"mocov1": 0.3, "mocov2": 0.3, "simsiam": 0.3, "invaspread": 0.3,
 
 def random_twin(folder: Path, seed: int):
     """The encoder a folder holds, at random initialisation (same arch and arguments)."""
-    from zoo.backbones import Preprocessing
-
-    cfg = read_config(folder)
     torch.manual_seed(seed)
-    return build_encoder(cfg["zoo"]["arch"], preprocessing=Preprocessing.from_dict(cfg.get("pretrained_cfg", {})),
-                         **cfg.get("model_args", {})).eval()
+    return build_from_config(read_config(folder)).eval()
 
 
 def run_method(method: str, args, train_all, gallery, test) -> dict:

@@ -118,13 +118,16 @@ async def drive(url: str, image: bytes, clients: int, duration: float) -> dict:
     request = multipart_request(f"{host}:{port}", "/embed", image)
     latencies: list[float] = []
     errors = 0
-    stop = time.perf_counter() + duration
+    warmed = asyncio.Barrier(clients + 1)  # every connection open and used once before the clock starts
+    ready = asyncio.Event()
+    stop = 0.0  # set when the clock starts
 
     async def client() -> None:
         nonlocal errors
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
-            await _exchange(reader, writer, request)  # warm the connection
+            await _exchange(reader, writer, request)
+            await warmed.wait()
             await ready.wait()
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
@@ -135,9 +138,8 @@ async def drive(url: str, image: bytes, clients: int, duration: float) -> dict:
         finally:
             writer.close()
 
-    ready = asyncio.Event()
     tasks = [asyncio.create_task(client()) for _ in range(clients)]
-    await asyncio.sleep(0.5)
+    await warmed.wait()
     s0, c0 = batch_stats(url)
     stop = time.perf_counter() + duration
     start = time.perf_counter()

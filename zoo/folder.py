@@ -115,16 +115,21 @@ def load_encoder(
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFolderError(f"{weights} is unreadable or truncated ({e}); write the folder again") from e
-    pre = Preprocessing.from_dict(cfg.get("pretrained_cfg", {}))
-    model_args = dict(cfg.get("model_args", {}))
-    if "img_size" in model_args:
-        model_args["img_size"] = _as_size(model_args["img_size"])
-    encoder = build_encoder(folder_arch, preprocessing=pre, **model_args)
+    encoder = build_from_config(cfg)
     load_state_checked(encoder, state, source=str(folder), arch=folder_arch)
     encoder.eval()
     if device is not None or dtype is not None:
         encoder.to(device=device, dtype=dtype)
     return encoder
+
+
+def build_from_config(cfg: dict[str, Any]) -> Encoder:
+    """The randomly initialised encoder a folder's config.json describes (arch, arguments, preprocessing)."""
+    model_args = dict(cfg.get("model_args", {}))
+    if "img_size" in model_args:
+        model_args["img_size"] = _as_size(model_args["img_size"])
+    return build_encoder(cfg["zoo"]["arch"], preprocessing=Preprocessing.from_dict(cfg.get("pretrained_cfg", {})),
+                         **model_args)
 
 
 def load_state_checked(encoder: Encoder, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
