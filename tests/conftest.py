@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from tiny_images import make_tiny_data
 
 from training.data import ImageData, candidate_data_dirs
 
@@ -23,12 +23,7 @@ def shared_data_dir() -> Path | None:
 
 @pytest.fixture
 def tiny_data() -> ImageData:
-    """64 random 16x16 images in 4 classes whose colour differs by class (so kNN has something to find)."""
-    g = np.random.default_rng(0)
-    labels = np.arange(64) % 4
-    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])[labels]
-    images = np.clip(base[:, None, None, :] + g.normal(0, 40, (64, 16, 16, 3)), 0, 255).astype(np.uint8)
-    return ImageData("tiny", images, labels.astype(np.int64), ["r", "g", "b", "y"])
+    return make_tiny_data()
 
 
 @pytest.fixture(scope="session")

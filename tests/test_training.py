@@ -1,30 +1,20 @@
 """The trainer end to end on tiny data: run folder, encoder parity, exact resume, checkpoints, CLI errors."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from resume_check import interrupted_and_resumed, losses, tiny_cfg
 
 import zoo
 from training.__main__ import main
 from training.checkpoint import LAST, PREV, load_checkpoint
-from training.config import TrainConfig
 from training.errors import CheckpointError
 from training.trainer import Trainer
-
-
-def tiny_cfg(tmp_path, method="simclr", **kw):
-    # In-process loading and NCHW keep these tiny runs fast; one resume test runs with a worker process.
-    base = dict(method=method, arch="resnet18_cifar", data="tiny", out=str(tmp_path / "run"), epochs=2,
-                batch_size=16, image_size=16, checkpoint_every=3, log_every=1, progress=False, seed=3,
-                num_workers=0, channels_last=False,
-                method_options={"queue_size": 64} if method == "mocov2" else {})
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_fit_writes_the_run_folder_and_a_loadable_encoder(tmp_path, tiny_data):
@@ -43,30 +33,26 @@ def test_fit_writes_the_run_folder_and_a_loadable_encoder(tmp_path, tiny_data):
     assert cfg["zoo"]["method"] == "simclr" and cfg["zoo"]["train_config"]["total_steps"] == 4
 
 
-class Interrupt(Exception):
-    pass
+def check_resumed_run(result: dict) -> None:
+    assert result["checkpoint_step"] == 3  # work after the checkpoint is lost
+    assert len(result["straight"]) == len(result["resumed"]) == 8
+    assert result["straight"] == result["resumed"]  # exactly: same views, same RNG, same queue
+    assert result["same_state"]
 
 
-@pytest.mark.parametrize("method,workers", [("simclr", 1), ("mocov2", 0)])
-def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, tiny_data, method, workers):
-    straight = Trainer(tiny_cfg(tmp_path / "a", method, num_workers=workers), dataset=tiny_data)
-    straight.fit()
+@pytest.mark.parametrize("method", ["simclr", "mocov2"])
+def test_interrupted_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, tiny_data, method):
+    check_resumed_run(interrupted_and_resumed(tmp_path, tiny_data, method, workers=0))
 
-    def crash_after_5(trainer, step, logs):
-        if step == 5:
-            raise Interrupt
 
-    with pytest.raises(Interrupt):
-        Trainer(tiny_cfg(tmp_path / "b", method, num_workers=workers), dataset=tiny_data,
-                callbacks=[crash_after_5]).fit()
-    assert load_checkpoint(tmp_path / "b" / "run" / LAST)["step"] == 3  # work after the checkpoint is lost
-    resumed = Trainer(tiny_cfg(tmp_path / "b", method, resume=True, num_workers=workers), dataset=tiny_data)
-    resumed.fit()
-    a, b = losses(tmp_path / "a" / "run"), losses(tmp_path / "b" / "run")
-    assert len(a) == len(b) == 8
-    assert a == b  # exactly: same views, same RNG, same queue
-    sa, sb = straight.method.state_dict(), resumed.method.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+def test_resume_is_exact_with_dataloader_worker_processes(tmp_path):
+    # In a fresh interpreter, as the CLI runs: see resume_check.py for why not in the pytest process.
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    proc = subprocess.run([sys.executable, str(tests / "resume_check.py"), str(tmp_path), "simclr", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_resumed_run(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def test_max_steps_stops_with_a_checkpoint_then_resume_finishes(tmp_path, tiny_data):
