@@ -16,12 +16,20 @@ Two things differ per method, both printed in the JSON so the table can be repro
   vector. `--min-epochs METHOD=N` changes it.
 - Short-run options (SHORT_RUN_OPTIONS): the papers' EMA momenta and queue lengths are set for runs of
   hundreds of thousands of steps. In a few hundred, a 0.996-0.999 momentum network hardly leaves its random
-  init (DINO exports it), and a 65536-key queue is mostly the random vectors it starts with: momentum 0.99
-  and a 4096-key queue here, and a 4096-way DINO head with 2 small crops. InstDisc and CMC use the softmax
-  variant: NCE's normaliser Z, fixed from the first batch (scored against a random bank), is off by orders of
-  magnitude once the bank holds real features, and the loss diverges. The SGD methods' ImageNet learning
-  rates (0.03-0.06 per 256 images) barely move a network in a few hundred steps: they get 0.3 per 256,
-  solo-learn's CIFAR-10 value for MoCo v2+; DINO gets 2e-3. `--option METHOD:KEY=VALUE` and `--lr METHOD=VALUE` override them.
+  init (DINO exports it), and a 65536-key queue is mostly the random vectors it starts with: momentum 0.99 and
+  a 4096-key queue here, and a 4096-way DINO head with 2 small crops. DINO's exported teacher gets 0.95: at
+  0.99 it is still more than half its random init after the ~60 steps DINO makes in 3 minutes (with the BN
+  head below, that teacher scored 21.4% and its own student 22.2%); its head uses the authors'
+  `use_bn_in_head` option, which spreads the teacher's outputs apart from the start, where centring otherwise
+  leaves nearly uniform targets. InstDisc and CMC use the softmax variant: NCE's normaliser Z, fixed from the
+  first batch (scored against a random bank), is off by orders of magnitude once the bank holds real features,
+  and the loss diverges. The SGD methods' ImageNet learning rates (0.03-0.06 per 256 images) barely move a
+  network in a few hundred steps: they get 0.3 per 256, solo-learn's CIFAR-10 value for MoCo v2+; DINO gets
+  2e-3. Even so, MoCo v1/v2 and SimSiam stayed below random init with SGD: from a random network every image
+  embeds in nearly the same direction, the gradients are tiny, and MoCo's loss sat at ln(K+1) all run. LARS
+  scales each layer's step to its weight norm, as SimCLR, BYOL, Barlow Twins and MoCo v3 (all above random
+  init here) do, so these three use LARS (SHORT_RUN_OPTIMIZER). `--option METHOD:KEY=VALUE`, `--lr
+  METHOD=VALUE` and `--optimizer METHOD=NAME` override them.
 A method whose exported encoder is a composite of the backbone (CPC's patch grid, CMC's L/ab halves, SimCLR
 v2's backbone plus head layer) is compared with a random init of that same composite as well.
 """
@@ -65,13 +73,15 @@ def score(encoder, gallery, test, k: int, temperature: float) -> dict:
 
 
 MIN_EPOCHS = {"instdisc": 4, "cmc": 4}
-SHORT_RUN_OPTIONS = {"dino": {"momentum_teacher": "0.99", "out_dim": "4096", "num_local_crops": "2"},
+SHORT_RUN_OPTIONS = {"dino": {"momentum_teacher": "0.95", "out_dim": "4096", "num_local_crops": "2",
+                              "use_bn_in_head": "true"},
                      "byol": {"momentum_ema": "0.99"},
                      "mocov1": {"queue_size": "4096", "momentum_ema": "0.99"},
                      "mocov2": {"queue_size": "4096", "momentum_ema": "0.99"},
                      "instdisc": {"loss": "softmax"}, "cmc": {"loss": "softmax"}}
 SHORT_RUN_LR = {"mocov1": 0.3, "mocov2": 0.3, "simsiam": 0.3, "invaspread": 0.3, "instdisc": 0.3, "cmc": 0.3,
                 "dino": 0.002}  # per 256 images
+SHORT_RUN_OPTIMIZER = {"mocov1": "lars", "mocov2": "lars", "simsiam": "lars"}
 
 
 def random_twin(folder: Path, seed: int):
@@ -84,8 +94,9 @@ def run_method(method: str, args, train_all, gallery, test) -> dict:
     out = Path(args.runs) / f"{method}_{args.arch}"
     options = {**SHORT_RUN_OPTIONS.get(method, {}), **args.option.get(method, {})}
     lr = args.lr.get(method)
+    optimizer = args.optimizer.get(method)
     lr = lr * args.batch_size / 256 if lr is not None else None
-    base = TrainConfig(method=method, arch=args.arch, data="cifar10", out=str(out), epochs=1, lr=lr,
+    base = TrainConfig(method=method, arch=args.arch, data="cifar10", out=str(out), epochs=1, lr=lr, optimizer=optimizer,
                        batch_size=args.batch_size, seed=args.seed, checkpoint_every=10**9, log_every=10,
                        progress=True, device="cpu", method_options=options)
     shutil.rmtree(out, ignore_errors=True)  # this script owns its run folders
@@ -100,7 +111,8 @@ def run_method(method: str, args, train_all, gallery, test) -> dict:
 
     row = {"method": method, "arch": args.arch, "steps": trainer.step, "epochs": epochs, "train_images": limit,
            "batch_size": args.batch_size, "train_seconds": wall, "images_per_s": trainer.step * args.batch_size / wall,
-           "probe_seconds_per_step": s_per_step, "method_options": options, "lr": trainer.base_lr, "encoder": str(folder),
+           "probe_seconds_per_step": s_per_step, "method_options": options, "lr": trainer.base_lr,
+           "optimizer": trainer.optimizer_name, "encoder": str(folder),
            "command": "python " + " ".join(sys.argv)}
     row.update(score(zoo.load(str(folder), device="cpu"), gallery, test, args.k, args.temperature))
     exported_arch = read_config(folder)["zoo"]["arch"]
@@ -134,6 +146,8 @@ def main() -> None:
     p.add_argument("--option", action="append", default=[], help="METHOD:KEY=VALUE method option")
     p.add_argument("--lr", action="append", default=[], help="METHOD=LR per 256 images (default: "
                    + ", ".join(f"{k}={v}" for k, v in SHORT_RUN_LR.items()) + "; others: their paper's)")
+    p.add_argument("--optimizer", action="append", default=[], help="METHOD=sgd|lars|adamw (default: "
+                   + ", ".join(f"{k}={v}" for k, v in SHORT_RUN_OPTIMIZER.items()) + "; others: their paper's)")
     p.add_argument("--min-epochs", action="append", default=[], help="METHOD=N passes at least (default: "
                    + ", ".join(f"{k}={v}" for k, v in MIN_EPOCHS.items()) + ")")
     p.add_argument("--runs", default="runs/knn_budget")
@@ -142,6 +156,7 @@ def main() -> None:
                    help="keep the other methods' rows of an existing --out (same settings) and replace these")
     args = p.parse_args()
     args.option = parse_options(args.option)
+    args.optimizer = {**SHORT_RUN_OPTIMIZER, **dict(item.split("=", 1) for item in args.optimizer)}
     args.lr = {**SHORT_RUN_LR, **{m: float(v) for m, v in (item.split("=", 1) for item in args.lr)}}
     args.min_epochs = {**MIN_EPOCHS, **{m: int(n) for m, n in (item.split("=", 1) for item in args.min_epochs)}}
     torch.manual_seed(args.seed)
