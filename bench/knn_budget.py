@@ -43,7 +43,9 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,9 +96,9 @@ def run_method(method: str, args, train_all, gallery, test) -> dict:
     out = Path(args.runs) / f"{method}_{args.arch}"
     options = {**SHORT_RUN_OPTIONS.get(method, {}), **args.option.get(method, {})}
     lr = args.lr.get(method)
-    optimizer = args.optimizer.get(method)
     lr = lr * args.batch_size / 256 if lr is not None else None
-    base = TrainConfig(method=method, arch=args.arch, data="cifar10", out=str(out), epochs=1, lr=lr, optimizer=optimizer,
+    base = TrainConfig(method=method, arch=args.arch, data="cifar10", out=str(out), epochs=1, lr=lr,
+                       optimizer=args.optimizer.get(method),
                        batch_size=args.batch_size, seed=args.seed, checkpoint_every=10**9, log_every=10,
                        progress=True, device="cpu", method_options=options)
     shutil.rmtree(out, ignore_errors=True)  # this script owns its run folders
@@ -132,6 +134,25 @@ def parse_options(items: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def per_method(parser: argparse.ArgumentParser, flag: str, items: list[str], defaults: dict[str, Any],
+               cast: Callable[[str], Any]) -> dict[str, Any]:
+    """{method: value} from a repeated METHOD=VALUE flag, over `defaults`; a malformed item is a usage error."""
+    out = dict(defaults)
+    for item in items:
+        method, sep, value = item.partition("=")
+        try:
+            if not (sep and method):
+                raise ValueError
+            out[method] = cast(value)
+        except ValueError:
+            parser.error(f"{flag} {item!r}: expected METHOD=VALUE")
+    return out
+
+
+def _listed(defaults: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in defaults.items())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="simclr", help="comma-separated method names")
@@ -144,21 +165,21 @@ def main() -> None:
     p.add_argument("--probe-steps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", default=[], help="METHOD:KEY=VALUE method option")
-    p.add_argument("--lr", action="append", default=[], help="METHOD=LR per 256 images (default: "
-                   + ", ".join(f"{k}={v}" for k, v in SHORT_RUN_LR.items()) + "; others: their paper's)")
-    p.add_argument("--optimizer", action="append", default=[], help="METHOD=sgd|lars|adamw (default: "
-                   + ", ".join(f"{k}={v}" for k, v in SHORT_RUN_OPTIMIZER.items()) + "; others: their paper's)")
-    p.add_argument("--min-epochs", action="append", default=[], help="METHOD=N passes at least (default: "
-                   + ", ".join(f"{k}={v}" for k, v in MIN_EPOCHS.items()) + ")")
+    p.add_argument("--lr", action="append", default=[],
+                   help=f"METHOD=LR per 256 images (default: {_listed(SHORT_RUN_LR)}; others: their paper's)")
+    p.add_argument("--optimizer", action="append", default=[],
+                   help=f"METHOD=sgd|lars|adamw (default: {_listed(SHORT_RUN_OPTIMIZER)}; others: their paper's)")
+    p.add_argument("--min-epochs", action="append", default=[],
+                   help=f"METHOD=N passes at least (default: {_listed(MIN_EPOCHS)})")
     p.add_argument("--runs", default="runs/knn_budget")
     p.add_argument("--out", default="bench/results/knn_budget.json")
     p.add_argument("--update", action="store_true",
                    help="keep the other methods' rows of an existing --out (same settings) and replace these")
     args = p.parse_args()
     args.option = parse_options(args.option)
-    args.optimizer = {**SHORT_RUN_OPTIMIZER, **dict(item.split("=", 1) for item in args.optimizer)}
-    args.lr = {**SHORT_RUN_LR, **{m: float(v) for m, v in (item.split("=", 1) for item in args.lr)}}
-    args.min_epochs = {**MIN_EPOCHS, **{m: int(n) for m, n in (item.split("=", 1) for item in args.min_epochs)}}
+    args.optimizer = per_method(p, "--optimizer", args.optimizer, SHORT_RUN_OPTIMIZER, str)
+    args.lr = per_method(p, "--lr", args.lr, SHORT_RUN_LR, float)
+    args.min_epochs = per_method(p, "--min-epochs", args.min_epochs, MIN_EPOCHS, int)
     torch.manual_seed(args.seed)
 
     train_all = load_dataset("cifar10", "train")
