@@ -1,8 +1,9 @@
 """Serving benchmark: /embed throughput and latency with C concurrent clients, against the raw runtime and a
 naive server (one torch forward per request, no batching).
 
-    python bench/serve.py --arch vit_tiny_p8 --clients 1 8 32 --duration 10
-    python bench/serve.py --model FOLDER ...
+    python bench/serve.py --clients 1 8 32 --duration 10          # the bundled default model
+    python bench/serve.py --model FOLDER --precision fp32 ...
+    python bench/serve.py --arch vit_tiny_p8 ...                   # random weights of an architecture
 
 Prints a table and writes bench/results/serve.json. Not part of the test run.
 """
@@ -30,22 +31,15 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_folder(arch: str, out: Path) -> Path:
-    """A random-weight model folder with an ONNX export (zoo.onnx when present, else the tests' exporter)."""
+    """A random-weight model folder with an ONNX export."""
     import torch
 
     import zoo
+    from zoo.onnx import export_onnx
 
     torch.manual_seed(0)
     folder = zoo.save_encoder(zoo.build_encoder(arch), out, zoo_meta={"name": f"random_{arch}"})
-    try:
-        from zoo.onnx import export_onnx
-
-        export_onnx(str(folder), str(folder / "model.onnx"))
-    except ImportError:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from service_testing import export_onnx_for_test
-
-        export_onnx_for_test(folder)
+    export_onnx(str(folder))
     return folder
 
 
@@ -147,10 +141,18 @@ async def drive(url: str, image: bytes, clients: int, duration: float) -> dict:
     await asyncio.gather(*tasks)
     took = time.perf_counter() - start
     s1, c1 = batch_stats(url)
-    lat = np.asarray(latencies) * 1000
-    return {"clients": clients, "images_per_s": len(lat) / took, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "requests": len(lat), "errors": errors,
-            "mean_batch": (s1 - s0) / max(c1 - c0, 1)}
+    return {"latencies": latencies, "seconds": took, "errors": errors, "images_batched": s1 - s0,
+            "batches": c1 - c0}
+
+
+def pooled(parts: list[dict]) -> dict:
+    """One measurement from several rounds: total images over total time, latency percentiles over all."""
+    lat = np.concatenate([np.asarray(p["latencies"]) for p in parts]) * 1000
+    seconds = sum(p["seconds"] for p in parts)
+    return {"images_per_s": len(lat) / seconds, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "requests": len(lat), "seconds": seconds,
+            "errors": sum(p["errors"] for p in parts),
+            "mean_batch": sum(p["images_batched"] for p in parts) / max(sum(p["batches"] for p in parts), 1)}
 
 
 def raw_rate(runtime, batch: int, duration: float) -> float:
@@ -165,47 +167,60 @@ def raw_rate(runtime, batch: int, duration: float) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model folder (default: random weights of --arch, exported to ONNX)")
-    p.add_argument("--arch", default="vit_tiny_p8")
+    p.add_argument("--model", help="model folder (default: the bundled default model, unless --arch is given)")
+    p.add_argument("--arch", help="serve random weights of this architecture, exported to ONNX")
     p.add_argument("--runtime", default="auto", choices=["auto", "onnx", "torch"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="alternating served / naive / raw rounds per row")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve.json"))
     args = p.parse_args()
 
     from service.runtime import load_runtime
+    from service.settings import DEFAULT_MODEL_DIR
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    folder = Path(args.model) if args.model else make_folder(args.arch, tmp / "model")
-    runtime = load_runtime(folder, args.runtime)
+    if args.arch:
+        folder = make_folder(args.arch, tmp / "model")
+    else:
+        folder = Path(args.model) if args.model else DEFAULT_MODEL_DIR
+    # The raw runtime and the server share one ONNX cache, so both run the very same graph.
+    runtime = load_runtime(folder, args.runtime, precision=args.precision, cache_dir=tmp / "data" / "onnx")
     runtime.warm_up()
     image = query_image(runtime.info.preprocessing.image_size)
+    served_proc, url = start_server(folder, tmp / "data", ["--runtime", args.runtime, "--precision", args.precision])
+    naive_proc, naive_url = start_server(folder, tmp / "naive",
+                                         ["--runtime", "torch", "--max-batch", "1", "--max-wait-ms", "0"])
     rows = []
-    proc, url = start_server(folder, tmp / "data", ["--runtime", args.runtime])
     try:
+        served_model = httpx.get(url + "/models").json()["models"][0]
+        # This machine's speed drifts by tens of percent over minutes (shared CPUs), so the served, naive and
+        # raw figures of a row are taken in alternating rounds rather than one after the other.
+        step = args.duration / args.rounds
         for c in args.clients:
-            rows.append({"mode": "served", **asyncio.run(drive(url, image, c, args.duration))})
+            served, naive, raw = [], [], []
+            for _ in range(args.rounds):
+                served.append(asyncio.run(drive(url, image, c, step)))
+                naive.append(asyncio.run(drive(naive_url, image, c, step)))
+                batch = max(1, round(pooled(served)["mean_batch"]))
+                raw.append(raw_rate(runtime, batch, step / 2))
+            row = {"clients": c, **pooled(served)}
+            naive_row = pooled(naive)
+            row.update(raw_batch=batch, raw_images_per_s=float(np.mean(raw)),
+                       naive_images_per_s=naive_row["images_per_s"], naive_p50_ms=naive_row["p50_ms"],
+                       naive_p99_ms=naive_row["p99_ms"])
+            rows.append(row)
     finally:
-        proc.terminate()
-        proc.wait()
-    for row in rows:
-        row["raw_batch"] = max(1, round(row["mean_batch"]))
-        row["raw_images_per_s"] = raw_rate(runtime, row["raw_batch"], args.duration / 2)
-    del runtime
-    proc, url = start_server(folder, tmp / "naive", ["--runtime", "torch", "--max-batch", "1", "--max-wait-ms", "0"])
-    try:
-        for row in rows:
-            naive = asyncio.run(drive(url, image, row["clients"], args.duration))
-            row["naive_images_per_s"], row["naive_p50_ms"], row["naive_p99_ms"] = (
-                naive["images_per_s"], naive["p50_ms"], naive["p99_ms"])
-    finally:
-        proc.terminate()
-        proc.wait()
+        for proc in (served_proc, naive_proc):
+            proc.terminate()
+            proc.wait()
 
     header = (f"{'C':>3} {'served img/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'raw img/s':>10} "
               f"{'served/raw':>10} {'naive img/s':>12} {'served/naive':>12}")
-    print(f"model {folder.name} ({args.arch if not args.model else ''}), runtime {args.runtime}, "
-          f"{args.duration:g} s per point, {os.cpu_count()} CPUs")
+    print(f"model {served_model['name']} ({served_model['arch']}): {served_model['runtime']} "
+          f"{served_model['precision']} on {served_model['provider']} ({served_model['runtime_reason']}); naive: "
+          f"torch fp32, batch 1; {args.duration:g} s per point, {os.cpu_count()} CPUs")
     print(header)
     for r in rows:
         r["served_over_raw"] = r["images_per_s"] / r["raw_images_per_s"]
@@ -213,7 +228,10 @@ def main() -> None:
         print(f"{r['clients']:>3} {r['images_per_s']:>13.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
               f"{r['mean_batch']:>6.1f} {r['raw_images_per_s']:>10.1f} {r['served_over_raw']:>10.2f} "
               f"{r['naive_images_per_s']:>12.1f} {r['served_over_naive']:>12.2f}")
-    out = {"model": str(folder), "arch": args.arch, "runtime": args.runtime, "duration_s": args.duration,
+    out = {"model": str(folder), "name": served_model["name"], "arch": served_model["arch"],
+           "runtime": served_model["runtime"], "precision": served_model["precision"],
+           "runtime_reason": served_model["runtime_reason"], "command": "python bench/serve.py " + " ".join(sys.argv[1:]),
+           "duration_s": args.duration, "rounds": args.rounds,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "load_average": os.getloadavg(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

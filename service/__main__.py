@@ -17,7 +17,7 @@ log = logging.getLogger("service")
 
 # flag -> Settings field; only flags given on the command line override ZOO_* variables
 _SERVE_FLAGS = {
-    "model": str, "runtime": str, "device": str, "host": str, "port": int, "data_dir": str, "max_batch": int,
+    "model": str, "runtime": str, "precision": str, "device": str, "host": str, "port": int, "data_dir": str, "max_batch": int,
     "max_wait_ms": float, "max_queue": int, "request_timeout_s": float, "decode_threads": int,
     "max_body_bytes": int, "api_key": str, "log_level": str, "index_threshold": int, "index_large": str,
 }
@@ -27,7 +27,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model folder (config.json + model.safetensors [+ model.onnx]); "
                                    "default: the bundled service/default/model")
     p.add_argument("--runtime", choices=["auto", "onnx", "torch"],
-                   help="auto: ONNX Runtime when the folder has model.onnx, else torch")
+                   help="auto: ONNX Runtime (exporting the folder to ONNX once when it has no model.onnx), "
+                        "torch when that is not possible")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"],
+                   help="ONNX Runtime graph; auto: int8 on CPU when it passes the parity check, else fp32")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--data-dir", help="where galleries (SQLite + FAISS) are kept (default $ZOO_HOME/service)")
     p.add_argument("--max-batch", type=int, help="images per forward pass at most (default 64)")
@@ -169,7 +172,8 @@ def _build(args: argparse.Namespace, settings: Settings, store) -> None:
     from service.runtime import load_runtime
     from service.state import thumbnail_jpeg
 
-    rt = load_runtime(settings.model_folder(), settings.runtime, settings.device)
+    rt = load_runtime(settings.model_folder(), settings.runtime, settings.device, precision=settings.precision,
+                      cache_dir=settings.onnx_cache_dir())
     info = rt.info
     limits = ImageLimits(settings.max_image_pixels, settings.min_image_side, tuple(settings.formats))
     if args.from_dir:

@@ -19,7 +19,7 @@ import numpy as np
 
 from zoo.backbones import Preprocessing, arch_spec
 from zoo.errors import ZooError
-from zoo.folder import ONNX_NAME, WEIGHTS_NAME, is_model_folder, read_config
+from zoo.folder import WEIGHTS_NAME, is_model_folder, read_config
 
 log = logging.getLogger("service.runtime")
 
@@ -94,6 +94,7 @@ class Runtime(ABC):
     kind: str
     device: str
     provider: str
+    precision: str = "fp32"
     reason: str = ""  # why this runtime was chosen (shown in GET /models)
 
     def __init__(self, info: ModelInfo):
@@ -130,6 +131,7 @@ class TorchRuntime(Runtime):
         super().__init__(info)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.provider = "torch-" + self.device
+        self.precision = "fp16" if self.device.startswith("cuda") else "fp32"  # autocast on CUDA
         self.encoder = zoo.load(str(info.folder), device=self.device)
         self._torch = torch
 
@@ -153,11 +155,11 @@ class TorchRuntime(Runtime):
 class OnnxRuntime(Runtime):
     kind = "onnx"
 
-    def __init__(self, info: ModelInfo, path: Path, tensorrt: bool = False):
+    def __init__(self, info: ModelInfo, path: Path, tensorrt: bool = False, cpu_only: bool = False):
         import onnxruntime as ort
 
         super().__init__(info)
-        available = ort.get_available_providers()
+        available = [] if cpu_only else ort.get_available_providers()
         wanted: list[Any] = []
         if tensorrt and "TensorrtExecutionProvider" in available:
             cache = str(path.parent / ".trt_cache")
@@ -190,6 +192,8 @@ class OnnxRuntime(Runtime):
         if all(isinstance(s, int) for s in shape[1:]) and tuple(shape[1:]) != tuple(want):
             raise RuntimeLoadError(f"{path} takes images of shape {shape[1:]} but config.json says {list(want)}")
         self.input_dtype = np.float16 if inputs["images"].type == "tensor(float16)" else np.float32
+        half = self.input_dtype == np.float16 or self.provider == "TensorrtExecutionProvider"  # trt_fp16_enable
+        self.precision = "int8" if cpu_only else "fp16" if half else "fp32"
 
     @property
     def supports_attention(self) -> bool:
@@ -206,13 +210,7 @@ class OnnxRuntime(Runtime):
         return self._run("attention", batch)
 
 
-def onnx_problem(info: ModelInfo) -> str | None:
-    """Why the folder's ONNX export cannot be used, or None when it can."""
-    path = info.folder / ONNX_NAME
-    if not path.is_file():
-        return f"the model folder has no {ONNX_NAME} (make one with `python -m zoo export {info.folder}`)"
-    if path.stat().st_mtime < (info.folder / WEIGHTS_NAME).stat().st_mtime:
-        return f"{ONNX_NAME} is older than {WEIGHTS_NAME} (a stale export); export the model again"
+def _onnxruntime_missing() -> str | None:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -220,26 +218,60 @@ def onnx_problem(info: ModelInfo) -> str | None:
     return None
 
 
-def load_runtime(folder: Path, choice: str = "auto", device: str | None = None, tensorrt: bool = False) -> Runtime:
-    """The runtime `choice` asks for; `auto` prefers ONNX Runtime and falls back to torch, saying why."""
+def _cuda_provider_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def load_runtime(folder: Path, choice: str = "auto", device: str | None = None, tensorrt: bool = False,
+                 precision: str = "auto", cache_dir: Path | None = None) -> Runtime:
+    """The runtime `choice` asks for; `auto` prefers ONNX Runtime and falls back to torch, saying why.
+
+    ONNX graphs missing from the folder are derived into `cache_dir` (service.onnx_cache). `precision`:
+    `auto` serves the int8 graph on CPU when it passes the parity check and fp32 otherwise (on a GPU, the fp32
+    graph, fp16 with TensorRT); `fp32` and `int8` insist (int8 runs on ONNX Runtime's CPU provider).
+    """
+    from service.onnx_cache import GraphUnavailable, fp32_graph, int8_graph
+
     info = read_model_info(folder)
+    if precision not in ("auto", "fp32", "int8"):
+        raise RuntimeLoadError(f"precision must be auto, fp32 or int8, not {precision!r}")
     if choice == "torch":
+        if precision == "int8":
+            raise RuntimeLoadError("--precision int8 needs ONNX Runtime; it cannot be combined with --runtime torch")
         rt: Runtime = TorchRuntime(info, device)
         rt.reason = "asked for (--runtime torch)"
         return rt
-    problem = onnx_problem(info)
+    problem = _onnxruntime_missing()
     if problem is None:
         try:
-            rt = OnnxRuntime(info, folder / ONNX_NAME, tensorrt=tensorrt)
+            path, reason = fp32_graph(folder, info.fingerprint, cache_dir)
+            cpu_only = False
+            if precision == "int8" or (precision == "auto" and not _cuda_provider_available()):
+                try:
+                    path, int8_reason = int8_graph(folder, path, _sha256(path), cache_dir)
+                    reason, cpu_only = f"{reason}; {int8_reason}", True
+                except GraphUnavailable as e:
+                    if precision == "int8":
+                        raise RuntimeLoadError(f"--precision int8 is not possible: {e}") from e
+                    log.info("serving fp32: no int8 graph (%s)", e)
+                    reason += f"; fp32 because int8 was refused: {e}"
+            rt = OnnxRuntime(info, path, tensorrt=tensorrt and not cpu_only, cpu_only=cpu_only)
             if info.is_vit and not rt.supports_attention and choice == "auto":
-                problem = f"{ONNX_NAME} has no 'attention' output, which a ViT needs for /attention"
+                problem = f"{path.name} has no 'attention' output, which a ViT needs for /attention"
             else:
-                rt.reason = "asked for (--runtime onnx)" if choice == "onnx" else f"{ONNX_NAME} present"
+                rt.reason = ("asked for (--runtime onnx); " if choice == "onnx" else "") + reason
                 return rt
-        except RuntimeLoadError as e:
+        except GraphUnavailable as e:
             problem = str(e)
-    if choice == "onnx":
-        raise RuntimeLoadError(f"--runtime onnx is not possible: {problem}")
+        except RuntimeLoadError as e:
+            if precision == "int8":
+                raise
+            problem = str(e)
+    if choice == "onnx" or precision == "int8":
+        asked = "--runtime onnx" if choice == "onnx" else "--precision int8"
+        raise RuntimeLoadError(f"{asked} is not possible: {problem}")
     log.warning("runtime: falling back to torch because %s", problem)
     rt = TorchRuntime(info, device)
     rt.reason = f"fallback to torch: {problem}"

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
 
     model: str | None = Field(None, description="model folder (default: the bundled service/default/model)")
     runtime: Literal["auto", "onnx", "torch"] = "auto"
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="ONNX graph: auto is int8 on CPU when it passes the parity check, else fp32")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
     tensorrt: bool = Field(False, description="try ONNX Runtime's TensorRT provider before CUDA")
     host: str = "127.0.0.1"
@@ -63,6 +65,10 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="when set, gallery writes and deletes need it")
     cors_origins: list[str] = []
     log_level: str = "info"
+
+    def onnx_cache_dir(self) -> Path:
+        """ONNX exports and int8 copies made at start for folders that lack them (service.onnx_cache)."""
+        return self.data_dir / "onnx"
 
     def model_folder(self) -> Path:
         """The folder to serve: `model` as a path, else as a zoo name or hf:// reference (fetched into the cache)."""

@@ -65,11 +65,12 @@ class ServiceState:
         s = self.settings
         try:
             t0 = time.perf_counter()
-            rt = load_runtime(s.model_folder(), s.runtime, device=s.device, tensorrt=s.tensorrt)
+            rt = load_runtime(s.model_folder(), s.runtime, device=s.device, tensorrt=s.tensorrt,
+                              precision=s.precision, cache_dir=s.onnx_cache_dir())
             rt.warm_up()
             self.runtime = rt
-            log.info("model %s (%s, dim %d) on runtime %s, provider %s, device %s (%s); loaded in %.1f s",
-                     rt.info.name, rt.info.arch, rt.info.dim, rt.kind, rt.provider, rt.device, rt.reason,
+            log.info("model %s (%s, dim %d) on runtime %s, provider %s, device %s, %s (%s); loaded in %.1f s",
+                     rt.info.name, rt.info.arch, rt.info.dim, rt.kind, rt.provider, rt.device, rt.precision, rt.reason,
                      time.perf_counter() - t0)
             tasks = {"embed": rt.embed}
             if rt.supports_attention:
@@ -180,7 +181,8 @@ class ServiceState:
                 "input_size": list(info.preprocessing.input_size), "mean": list(info.preprocessing.mean),
                 "std": list(info.preprocessing.std), "crop_pct": info.preprocessing.crop_pct,
                 "attention": rt.supports_attention, "heads": info.num_heads, "patch_size": info.patch_size,
-                "runtime": rt.kind, "provider": rt.provider, "device": rt.device, "runtime_reason": rt.reason,
+                "runtime": rt.kind, "provider": rt.provider, "device": rt.device, "precision": rt.precision,
+                "runtime_reason": rt.reason,
                 "weights_sha256": info.fingerprint, **info.extra,
                 "batching": {"max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms, "max_queue": s.max_queue},
             })

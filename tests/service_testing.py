@@ -133,31 +133,3 @@ def start_subprocess_server(args: list[str], env_extra: dict[str, str] | None = 
         proc.kill()
         raise
     return proc, url
-
-
-def export_onnx_for_test(folder: Path) -> Path:
-    """`model.onnx` following the zoo export contract (input `images`; outputs `embeddings` and, for ViTs,
-    `attention`), made with the legacy exporter at the folder's fixed image size.
-
-    Stand-in until `zoo.onnx.export_onnx` is merged; switch to it then.
-    """
-    import zoo
-
-    encoder = zoo.load(str(folder), device="cpu")
-
-    class Contract(torch.nn.Module):
-        def __init__(self, enc):
-            super().__init__()
-            self.enc = enc
-
-        def forward(self, images):
-            if self.enc.is_vit:
-                return self.enc(images), self.enc.cls_attention(images)
-            return self.enc(images)
-
-    names = ["embeddings", "attention"] if encoder.is_vit else ["embeddings"]
-    x = torch.randn(2, *encoder.preprocessing.input_size)
-    out = folder / "model.onnx"
-    torch.onnx.export(Contract(encoder).eval(), (x,), str(out), input_names=["images"], output_names=names,
-                      dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, opset_version=18, dynamo=False)
-    return out

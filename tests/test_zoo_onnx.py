@@ -1,11 +1,17 @@
 """ONNX export: the graph contract, parity with PyTorch in ONNX Runtime (CPU), folder export, refusals."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
+from zoo.__main__ import main as zoo_cli
 from zoo.backbones import build_encoder
 from zoo.folder import read_config, save_encoder
-from zoo.onnx import OnnxExportError, check_parity, export_onnx, ort_session
+from zoo.onnx import OnnxExportError, check_parity, export_onnx, ort_session, quantize_onnx
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "service" / "default" / "model"  # trained weights
 
 ACCEPTANCE = ["resnet18_cifar", "resnet50", "vit_small", "vit_tiny_p4"]
 
@@ -75,3 +81,44 @@ def test_vit_dynamic_image_size_needs_dynamo(tmp_path):
         export_onnx(build_encoder("vit_tiny_p4"), tmp_path / "v.onnx", dynamic_image_size=True,
                     exporter="torchscript")
     assert not (tmp_path / "v.onnx").exists()
+
+
+def test_avg_pooled_vit_exports_its_whole_last_block(tmp_path):
+    # The CLS-only last block applies to CLS-pooled ViTs; an average-pooled one needs every token's output.
+    enc = build_encoder("vit_tiny_p4", global_pool="avg").eval()
+    report = export_onnx(enc, tmp_path / "avg.onnx")
+    assert report["parity"]["real"]["embedding_min_cosine"] >= 0.9999
+    assert report["parity"]["real"]["attention_max_abs_diff"] <= 1e-4
+
+
+def test_int8_copy_of_a_trained_vit_keeps_the_fp32_contract(tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    assert zoo_cli(["export", str(folder), "--int8"]) == 0
+    assert "model.int8.onnx (int8 weights in 48 MatMuls" in capsys.readouterr().out
+    report = read_config(folder)["zoo"]["onnx_int8"]
+    assert report["file"] == "model.int8.onnx" and report["source"] == "model.onnx"
+    for case in ("random", "real"):
+        assert report["parity"][case]["embedding_min_cosine"] >= 0.9999
+        assert report["parity"][case]["attention_max_abs_diff"] <= 1e-3
+    session = ort_session(folder / "model.int8.onnx")
+    assert [o.name for o in session.get_outputs()] == ["embeddings", "attention"]
+    assert session.get_inputs()[0].type == "tensor(float)"
+
+
+def test_int8_copy_is_refused_when_it_would_change_the_embeddings(tmp_path):
+    # A randomly initialised ViT's activations quantize badly (cosine about 0.999): the copy must not be kept.
+    torch.manual_seed(0)
+    enc = build_encoder("vit_tiny_p8").eval()
+    export_onnx(enc, tmp_path / "m.onnx")
+    with pytest.raises(OnnxExportError, match=r"embedding cosine 0\.99\d+ < 0\.9999"):
+        quantize_onnx(enc, tmp_path / "m.onnx", tmp_path / "m.int8.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_int8_copy_of_a_cnn_is_refused_as_pointless(tmp_path):
+    enc = build_encoder("resnet18_cifar").eval()
+    export_onnx(enc, tmp_path / "r.onnx")
+    with pytest.raises(OnnxExportError, match="no MatMul to quantize"):
+        quantize_onnx(enc, tmp_path / "r.onnx", tmp_path / "r.int8.onnx")
+    assert not (tmp_path / "r.int8.onnx").exists()

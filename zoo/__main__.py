@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from zoo.errors import ZooError
 
@@ -47,16 +48,26 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from zoo.onnx import export_onnx
+    from zoo.onnx import export_onnx, quantize_onnx
 
+    if args.int8 and args.fp16:
+        raise SystemExit("error: --int8 quantizes the fp32 graph; it cannot be combined with --fp16")
     report = export_onnx(args.model, args.out, opset=args.opset, fp16=args.fp16, exporter=args.exporter,
                          dynamic_image_size=True if args.dynamic_image_size else None)
-    p = report["parity"]
     print(f"wrote {report['path']} ({report['precision']}, opset {report['opset']}, "
           f"dynamic image size: {report['dynamic_image_size']})")
+    _print_parity(report["parity"])
+    if args.int8:
+        fp32 = Path(report["path"])
+        report = quantize_onnx(args.model, fp32, fp32.with_suffix(".int8.onnx"))
+        print(f"wrote {report['path']} (int8 weights in {report['quantized_matmuls']} MatMuls, for CPUs)")
+        _print_parity(report["parity"])
+
+
+def _print_parity(parity: dict) -> None:
     for case in ("random", "real", "random_other_size", "random_smaller"):
-        if case in p:
-            c = p[case]
+        if case in parity:
+            c = parity[case]
             att = f", attention max abs diff {c['attention_max_abs_diff']:.2e}" if "attention_max_abs_diff" in c else ""
             print(f"  {case:18s} embedding max abs diff {c['embedding_max_abs_diff']:.2e}, "
                   f"min cosine {c['embedding_min_cosine']:.6f}{att}")
@@ -102,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="ONNX file (default: FOLDER/model.onnx, and parity written to its config)")
     c.add_argument("--opset", type=int, default=18)
     c.add_argument("--fp16", action="store_true", help="fp16 weights and compute; input/outputs stay float32")
+    c.add_argument("--int8", action="store_true",
+                   help="also write an int8 copy (model.int8.onnx) for CPU serving, kept only if it passes parity")
     c.add_argument("--exporter", choices=("torchscript", "dynamo"),
                    help="default: torchscript, or dynamo for a ViT with --dynamic-image-size")
     c.add_argument("--dynamic-image-size", action="store_true",

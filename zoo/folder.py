@@ -23,6 +23,7 @@ from zoo.errors import ArchitectureMismatchError, ModelFolderError
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
+INT8_ONNX_NAME = "model.int8.onnx"  # zoo.onnx.quantize_onnx: CPU serving
 CODE_VERSION = "0.1.0"
 
 
