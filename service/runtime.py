@@ -218,10 +218,12 @@ def _onnxruntime_missing() -> str | None:
     return None
 
 
-def _cuda_provider_available() -> bool:
+def cuda_provider_usable() -> bool:
     import onnxruntime as ort
+    import torch
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    # onnxruntime-gpu lists its CUDA provider even on a machine without a GPU (and then runs on CPU).
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
 
 
 def load_runtime(folder: Path, choice: str = "auto", device: str | None = None, tensorrt: bool = False,
@@ -248,7 +250,7 @@ def load_runtime(folder: Path, choice: str = "auto", device: str | None = None, 
         try:
             path, reason = fp32_graph(folder, info.fingerprint, cache_dir)
             cpu_only = False
-            if precision == "int8" or (precision == "auto" and not _cuda_provider_available()):
+            if precision == "int8" or (precision == "auto" and not cuda_provider_usable()):
                 try:
                     path, int8_reason = int8_graph(folder, path, _sha256(path), cache_dir)
                     reason, cpu_only = f"{reason}; {int8_reason}", True

@@ -11,14 +11,8 @@ from service_testing import ThreadServer, jpeg_bytes, make_model_folder, synthet
 
 import zoo
 from service.images import ImageLimits, decode_image, preprocess
-from service.runtime import RuntimeLoadError, load_runtime
+from service.runtime import RuntimeLoadError, cuda_provider_usable, load_runtime
 from service.settings import DEFAULT_MODEL_DIR, Settings
-
-
-def _cpu_only() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
 def _embed_and_attend(url: str, images: list[bytes]) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -44,7 +38,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-@pytest.mark.skipif(not _cpu_only(), reason="int8 is the CPU choice; with CUDA the service serves fp32")
+@pytest.mark.skipif(cuda_provider_usable(), reason="int8 is the CPU choice; with CUDA the service serves fp32")
 def test_bundled_model_is_exported_once_and_served_int8_within_the_fp32_contract(tmp_path):
     images = [jpeg_bytes(im) for im in synthetic_images(4, size=120)]
     want, want_attention = _reference(images)
