@@ -13,9 +13,9 @@ from pathlib import Path
 
 from zoo.cards import render_card
 from zoo.errors import ZooError
-from zoo.folder import CONFIG_NAME, ONNX_NAME, WEIGHTS_NAME, is_model_folder
+from zoo.folder import CONFIG_NAME, INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, is_model_folder
 
-UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, ONNX_NAME)
+UPLOADED = (CONFIG_NAME, WEIGHTS_NAME, ONNX_NAME, INT8_ONNX_NAME)
 
 
 def stage_folder(folder: str | os.PathLike, staging: str | os.PathLike) -> Path:

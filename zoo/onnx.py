@@ -192,6 +192,7 @@ def quantize_onnx(
     For a folder, `fp32_path` defaults to `FOLDER/model.onnx`, `out_path` to `FOLDER/model.int8.onnx`, and the
     report goes into the folder's config under `zoo.onnx_int8`.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     encoder, folder = _encoder_and_folder(encoder_or_folder)
@@ -215,8 +216,6 @@ def quantize_onnx(
             raise OnnxExportError(f"int8 quantization of {fp32_path} failed: {type(e).__name__}: {e}") from e
         finally:
             root.setLevel(level)
-        import onnx
-
         quantized = sum(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger") for n in onnx.load(tmp).graph.node)
         if quantized == 0:
             # A CNN's work is in its convolutions, which dynamic quantization leaves in fp32.
