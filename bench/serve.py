@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import platform
 import subprocess
@@ -28,6 +27,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from zoo.atomic import write_json_atomic  # noqa: E402
 
 
 def make_folder(arch: str, out: Path) -> Path:
@@ -234,8 +235,7 @@ def main() -> None:
            "duration_s": args.duration, "rounds": args.rounds,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "load_average": os.getloadavg(), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json_atomic(args.out, out)
     print(f"wrote {args.out}")
 
 

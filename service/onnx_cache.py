@@ -21,7 +21,7 @@ from pathlib import Path
 
 from zoo.atomic import write_json_atomic
 from zoo.errors import ZooError
-from zoo.folder import CONFIG_NAME, INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME
+from zoo.folder import INT8_ONNX_NAME, ONNX_NAME, WEIGHTS_NAME, read_config
 
 log = logging.getLogger("service.onnx_cache")
 
@@ -65,7 +65,7 @@ def fp32_graph(folder: Path, fingerprint: str, cache_dir: Path | None) -> tuple[
 def int8_graph(folder: Path, fp32: Path, fp32_sha256: str, cache_dir: Path | None) -> tuple[Path, str]:
     """The int8 graph for CPU serving; raises GraphUnavailable when quantization is not possible or refused."""
     own = folder / INT8_ONNX_NAME
-    if fp32 == folder / ONNX_NAME and _fresh(own, fp32) and "onnx_int8" in _config(folder):
+    if fp32 == folder / ONNX_NAME and _fresh(own, fp32) and "onnx_int8" in read_config(folder)["zoo"]:
         return own, f"{INT8_ONNX_NAME} present"
     if cache_dir is None:
         raise GraphUnavailable(f"the folder has no fresh {INT8_ONNX_NAME} (`python -m zoo export --int8`)")
@@ -87,9 +87,3 @@ def int8_graph(folder: Path, fp32: Path, fp32_sha256: str, cache_dir: Path | Non
     log.info("quantized %s to int8 in %.1f s (parity checked)", fp32, time.perf_counter() - t0)
     return cached, f"int8 copy made at start into {entry}"
 
-
-def _config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / CONFIG_NAME).read_text()).get("zoo", {})
-    except (OSError, ValueError):
-        return {}

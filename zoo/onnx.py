@@ -91,11 +91,8 @@ def _last_block_for_cls(block: nn.Module, tokens: Tensor, num_prefix: int) -> tu
     and the MLP: the same numbers as the full block's token 0, for about 1/12 of a ViT's work less.
     """
     a = block.attn
-    b, n, _ = tokens.shape
-    qkv = a.qkv(block.norm1(tokens)).reshape(b, n, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = a.q_norm(qkv[0][:, :, :1]), a.k_norm(qkv[1]), qkv[2]
-    weights = ((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
-    mixed = (weights @ v).transpose(1, 2).reshape(b, 1, a.num_heads * a.head_dim)
+    weights, v = _cls_query(a, block.norm1(tokens))
+    mixed = (weights @ v).transpose(1, 2).reshape(tokens.shape[0], 1, a.num_heads * a.head_dim)
     x = tokens[:, :1] + block.ls1(a.proj(a.norm(mixed)))
     x = x + block.ls2(block.mlp(block.norm2(x)))
     return x, weights[:, :, 0, num_prefix:]
@@ -106,11 +103,15 @@ def _cls_attention(attn: nn.Module, y: Tensor, num_prefix: int) -> Tensor:
 
     Same maths as `Encoder.get_last_selfattention(x)[:, :, 0, prefix:]`, without the N x N matrix.
     """
+    return _cls_query(attn, y)[0][:, :, 0, num_prefix:]
+
+
+def _cls_query(attn: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The CLS query's softmax weights over every key, `(B, heads, 1, N)`, and the values `(B, heads, N, d)`."""
     b, n, _ = y.shape
     qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    scores = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # (B, heads, 1, N)
-    return scores.softmax(dim=-1)[:, :, 0, num_prefix:]
+    q, k = attn.q_norm(qkv[0][:, :, :1]), attn.k_norm(qkv[1])
+    return ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1), qkv[2]
 
 
 def export_onnx(
